@@ -1,0 +1,42 @@
+# Every target installs what it needs into .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := all
+.PHONY: all install run test lint types format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+all: test
+
+run: $(STAMP)
+	$(BIN)/python -m csvgen demo $(if $(REQUEST),--request $(REQUEST))
+
+lint: $(STAMP)
+	$(BIN)/ruff check csvgen tests
+	$(BIN)/ruff format --check csvgen tests
+	$(BIN)/mypy
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+test: lint
+	PYTHONWARNINGS=default $(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format csvgen tests
+	$(BIN)/ruff check --fix csvgen tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache csvgen.egg-info

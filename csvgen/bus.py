@@ -1,0 +1,159 @@
+"""The bus connection: connect, read frames, send replies, reconnect.
+
+Theory of operation
+-------------------
+
+States: *connecting* → *open* → (*connecting* again after any loss) → *closed*.
+
+* Connecting uses websockets' ``async for ws in connect(...)`` loop with a
+  capped, jittered exponential backoff (``reconnect_delays``) and
+  :func:`classify` deciding retry or give up: a rejected token (401/403) ends
+  the worker, anything else is retried.
+* While open, one reader task feeds every text frame to the dispatcher, and
+  one sender task drains the :class:`~csvgen.dispatch.Outbox`. A reply is
+  removed from the outbox only after ``send`` returns, so a reply that meets a
+  dead connection stays queued and goes out on the next one.
+* When the worker is done (``done`` is set) the bus waits a short while for the
+  outbox to empty, closes with 1001 "going away" and returns. If ``done`` is set
+  while disconnected, the connect loop is cancelled; unsent replies are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import backoff
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .config import Settings, is_loopback_url, redact_url
+from .dispatch import Dispatcher
+
+__all__ = ["Bus", "classify", "connect_options", "with_token"]
+
+logger = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_S = 5.0
+
+
+def with_token(url: str, token: str | None) -> str:
+    """``url`` with ``?token=`` added (Aura binds the token at connect time)."""
+    if not token:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "token"] + [("token", token)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def classify(exc: Exception) -> Exception | None:
+    """websockets' ``process_exception``: ``None`` to retry, an exception to give up."""
+    if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+        return exc
+    return None
+
+
+def connect_options(settings: Settings, url: str) -> dict[str, Any]:
+    """Keyword arguments for websockets' ``connect`` shared by the bus and metrics links."""
+    delays: Callable[[], Generator[float]] = functools.partial(
+        backoff,
+        initial_delay=min(1.0, settings.reconnect_max_delay_s),
+        min_delay=min(1.0, settings.reconnect_max_delay_s),
+        max_delay=settings.reconnect_max_delay_s,
+    )
+    return {
+        "process_exception": classify,
+        "reconnect_delays": delays,
+        "ping_interval": settings.ping_interval_s,
+        "ping_timeout": settings.ping_interval_s,
+        # Frames from the bus can be large; a frame over the limit closes the link (1009).
+        "max_size": settings.max_frame_bytes,
+        # Deflate costs more CPU than it saves bytes on this machine's own links.
+        "compression": None if is_loopback_url(url) else "deflate",
+        # The token is in the URL: keep websockets' DEBUG handshake lines out of the log.
+        "logger": logging.getLogger("csvgen.websockets"),
+        "proxy": None,
+    }
+
+
+class Bus:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    async def run(self, done: asyncio.Event) -> None:
+        """Serve until ``done`` is set. Raises on a fatal connect error (rejected token)."""
+        loop = asyncio.create_task(self._connect_loop(done))
+        waiter = asyncio.create_task(done.wait())
+        try:
+            await asyncio.wait({loop, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not loop.done() and not self.connected.is_set():
+                loop.cancel()
+                left = len(self.dispatcher.outbox)
+                if left:
+                    logger.warning("bus is down at shutdown: %d replies not sent", left)
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        finally:
+            waiter.cancel()
+            loop.cancel()
+
+    async def _connect_loop(self, done: asyncio.Event) -> None:
+        url = self.settings.bus_url
+        shown = redact_url(url)
+        options = connect_options(self.settings, url)
+        async for ws in connect(with_token(url, self.settings.bus_token), **options):
+            self.connections += 1
+            logger.info("connected to the bus at %s", shown)
+            self.connected.set()
+            try:
+                if await self._serve(ws, done):
+                    logger.info("closed the bus connection (1001 going away)")
+                    return
+            finally:
+                self.connected.clear()
+            logger.warning("lost the bus connection (%s); reconnecting", _close_reason(ws))
+
+    async def _serve(self, ws: ClientConnection, done: asyncio.Event) -> bool:
+        """Run one connection. True when closed on purpose, False when it was lost."""
+        reader = asyncio.create_task(self._read(ws))
+        sender = asyncio.create_task(self._send(ws))
+        finished = asyncio.create_task(done.wait())
+        try:
+            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
+            if not finished.done():
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    await self.dispatcher.outbox.wait_empty()
+            await ws.close(1001, "going away")
+            return True
+        finally:
+            for task in (reader, sender, finished):
+                task.cancel()
+            await asyncio.gather(reader, sender, finished, return_exceptions=True)
+
+    async def _read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                self.dispatcher.receive(message)
+
+    async def _send(self, ws: ClientConnection) -> None:
+        outbox = self.dispatcher.outbox
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                text = await outbox.peek()
+                await ws.send(text)
+                outbox.pop()
+
+
+def _close_reason(ws: ClientConnection) -> str:
+    code = ws.close_code
+    return "no close frame" if code is None else f"code {code}"

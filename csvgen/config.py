@@ -1,0 +1,178 @@
+"""Settings, read once from the environment (protocol.md, "Configuration").
+
+:meth:`Settings.from_env` is a pure function of a mapping, so it is tested
+without touching ``os.environ``. Every invalid variable is reported in one
+:class:`~csvgen.errors.ConfigError`. Tokens never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["ENV", "SECRET_ENV", "Settings", "is_loopback_url", "redact_url"]
+
+MAX_URL_EXPIRES_S = 604800  # SigV4's limit: 7 days
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bus_url: str
+    bus_token: str | None = field(default=None, repr=False)
+    metrics_url: str = ""
+    metrics_token: str | None = field(default=None, repr=False)
+    bucket: str = "aura-exports"
+    key_prefix: str = "exports"
+    url_expires_s: int = 900
+    max_concurrent_exports: int = 4
+    max_queued_exports: int = 100
+    dedupe_ttl_s: float = 600.0
+    metric_timeout_s: float = 300.0
+    shutdown_grace_s: float = 60.0
+    max_rows: int = 10_000_000
+    max_bytes: int = 5 * 1024**3
+    max_frame_bytes: int = 64 * 1024**2
+    max_metric_concurrency: int = 4
+    reconnect_max_delay_s: float = 60.0
+    ping_interval_s: float = 20.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.metrics_url:
+            object.__setattr__(self, "metrics_url", self.bus_url)
+        if self.metrics_token is None:
+            object.__setattr__(self, "metrics_token", self.bus_token)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from ``CSVGEN_*`` variables; ``overrides`` (from flags) win.
+
+        ``overrides`` is keyed by variable name, like ``environ``.
+
+        Raises:
+            ConfigError: listing every missing or invalid setting.
+        """
+        merged = {**environ, **(overrides or {})}
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, (attr, parse) in ENV.items():
+            raw = merged.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if "bus_url" not in values and not any(p.startswith("CSVGEN_BUS_URL") for p in problems):
+            problems.append("CSVGEN_BUS_URL: required (the bus WebSocket URL, ws:// or wss://)")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _ws_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"must be a ws:// or wss:// URL, got {redact_url(raw)!r}")
+    return raw
+
+
+def redact_url(raw: str) -> str:
+    """A URL safe to print: no query string (it may hold a token) and no user info."""
+    parts = urlsplit(raw)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else raw.split("?")[0]
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be blank")
+    return raw
+
+
+def _key_prefix(raw: str) -> str:
+    prefix = raw.strip("/")
+    if not prefix:
+        raise ValueError("must not be empty")
+    return prefix
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return level
+
+
+#: Environment variable → (Settings attribute, parser). Also drives `csvgen run`'s flags.
+ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "CSVGEN_BUS_URL": ("bus_url", _ws_url),
+    "CSVGEN_BUS_TOKEN": ("bus_token", str),
+    "CSVGEN_METRICS_URL": ("metrics_url", _ws_url),
+    "CSVGEN_METRICS_TOKEN": ("metrics_token", str),
+    "CSVGEN_BUCKET": ("bucket", _non_empty),
+    "CSVGEN_KEY_PREFIX": ("key_prefix", _key_prefix),
+    "CSVGEN_URL_EXPIRES_S": ("url_expires_s", _int_range(1, MAX_URL_EXPIRES_S)),
+    "CSVGEN_MAX_CONCURRENT_EXPORTS": ("max_concurrent_exports", _int_range(1)),
+    "CSVGEN_MAX_QUEUED_EXPORTS": ("max_queued_exports", _int_range(0)),
+    "CSVGEN_DEDUPE_TTL_S": ("dedupe_ttl_s", _seconds),
+    "CSVGEN_METRIC_TIMEOUT_S": ("metric_timeout_s", _seconds),
+    "CSVGEN_SHUTDOWN_GRACE_S": ("shutdown_grace_s", _seconds),
+    "CSVGEN_MAX_ROWS": ("max_rows", _int_range(0)),
+    "CSVGEN_MAX_BYTES": ("max_bytes", _int_range(1)),
+    "CSVGEN_MAX_FRAME_BYTES": ("max_frame_bytes", _int_range(1024)),
+    "CSVGEN_MAX_METRIC_CONCURRENCY": ("max_metric_concurrency", _int_range(1)),
+    "CSVGEN_RECONNECT_MAX_DELAY_S": ("reconnect_max_delay_s", _seconds),
+    "CSVGEN_PING_INTERVAL_S": ("ping_interval_s", _seconds),
+    "CSVGEN_LOG_LEVEL": ("log_level", _log_level),
+}
+
+#: Variables that are never accepted as command-line flags: argv is visible in `ps`.
+SECRET_ENV = frozenset({"CSVGEN_BUS_TOKEN", "CSVGEN_METRICS_TOKEN"})
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (permessage-deflate only costs CPU there)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

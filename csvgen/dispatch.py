@@ -1,0 +1,290 @@
+"""From inbound frame text to reply texts in the outbox, with no network I/O.
+
+Theory of operation
+-------------------
+
+:meth:`Dispatcher.receive` is called by the single bus reader for every text
+frame. It never blocks and never raises: it parses, routes and either puts an
+immediate reply in the :class:`Outbox` (errors, idempotent re-answers) or
+starts one task for the export. Tasks run at most ``max_concurrent_exports`` at
+a time (a semaphore); admitted tasks beyond that wait, and at most
+``max_queued_exports`` may wait: the next one is answered ``overloaded``.
+
+Every reply goes through the :class:`Outbox`, which outlives connections: the bus
+sends from it while connected and leaves it alone while not, so a reply made
+during an outage is sent after the reconnect.
+
+Idempotency (protocol.md, "Idempotency"): an id in flight gains one more
+receipt and is answered once per receipt when its export ends; a successful id
+is remembered for ``dedupe_ttl_s`` and answered again at once through the
+route's ``replay`` hook. Errors are not remembered, so a failed request may be
+retried with the same id. The same id with another body is ``invalid_request``.
+
+Draining (:meth:`Dispatcher.drain`): new exports get ``shutting_down``; running
+ones get the grace period; the rest are cancelled and answered ``shutting_down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import frames
+from .errors import (
+    Detail,
+    FrameError,
+    InternalError,
+    InvalidEnvelope,
+    InvalidRequest,
+    Overloaded,
+    ReplyError,
+    ShuttingDown,
+)
+from .routes import Route, Router
+
+__all__ = ["Dispatcher", "Outbox"]
+
+logger = logging.getLogger(__name__)
+
+ROUTE_PREFIX = "external-service/"
+
+
+class Outbox:
+    """Reply texts waiting to be sent, in order; kept across reconnects."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[str] = collections.deque()
+        self._ready = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def put(self, text: str) -> None:
+        self._items.append(text)
+        self._ready.set()
+        self._empty.clear()
+
+    async def peek(self) -> str:
+        """Wait for the oldest reply without removing it (it is removed once sent)."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items[0]
+
+    def pop(self) -> None:
+        self._items.popleft()
+        if not self._items:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    fingerprint: bytes
+    receipts: int = 1
+
+
+@dataclass(slots=True)
+class _Done:
+    fingerprint: bytes
+    payload: Any
+    route: Route
+    at: float = field(default_factory=time.monotonic)
+
+
+def fingerprint(route: str, body: dict[str, Any]) -> bytes:
+    """Identity of a request for idempotency: its route and body, key order ignored."""
+    return hashlib.sha256(orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)).digest()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        router: Router,
+        outbox: Outbox,
+        *,
+        max_concurrent: int,
+        max_queued: int,
+        dedupe_ttl_s: float,
+        stop: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.router = router
+        self.outbox = outbox
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.clock = clock
+        # Draining starts the moment stop is set, not when the drain coroutine runs.
+        self.stop = stop if stop is not None else asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._admitted = 0  # running + waiting exports
+        self._in_flight: dict[str, _InFlight] = {}
+        self._done: collections.OrderedDict[str, _Done] = collections.OrderedDict()
+
+    @property
+    def draining(self) -> bool:
+        return self.stop.is_set()
+
+    # -- inbound ---------------------------------------------------------------
+
+    def receive(self, text: str | bytes) -> None:
+        """Handle one inbound frame. Never raises: no input stops the worker."""
+        try:
+            action = frames.parse_action(text)
+        except FrameError as exc:
+            logger.warning("dropped frame: %s (%d chars)", exc.reason, len(text))
+            return
+        except InvalidEnvelope as exc:
+            logger.info("request %s: %s", exc.request_id, exc)
+            self._reply(exc.request_id, exc.as_json())
+            return
+        if action is None:
+            logger.debug("ignored frame that is not an external-service action")
+            return
+        try:
+            self._accept(action)
+        except ReplyError as exc:
+            self._log(action, exc.code, 0.0)
+            self._reply(action.id, exc.as_json())
+        except Exception:
+            logger.exception("request %s: bug while accepting", action.id)
+            self._reply(action.id, InternalError().as_json())
+
+    def _accept(self, action: frames.Action) -> None:
+        if not action.route.startswith(ROUTE_PREFIX):
+            logger.debug("ignored action for route %r", action.route)
+            return
+        route = self.router.resolve(action.route)
+        fp = fingerprint(action.route, action.body)
+        self._expire()
+        if (flight := self._in_flight.get(action.id)) is not None:
+            _check_same(action.id, flight.fingerprint, fp)
+            flight.receipts += 1
+            logger.info("request %s: duplicate of a request in flight", action.id)
+            return
+        if (done := self._done.get(action.id)) is not None:
+            _check_same(action.id, done.fingerprint, fp)
+            self._spawn(self._replay(action, done))
+            return
+        if self.draining:
+            raise ShuttingDown()
+        if self._admitted >= self.max_concurrent + self.max_queued:
+            raise Overloaded(max(0, self._admitted - self.max_concurrent))
+        self._admitted += 1
+        self._in_flight[action.id] = _InFlight(fp)
+        self._spawn(self._export(action, route, fp))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- tasks -----------------------------------------------------------------
+
+    async def _export(self, action: frames.Action, route: Route, fp: bytes) -> None:
+        start = self.clock()
+        payload: Any
+        outcome = "ok"
+        try:
+            async with self._slots:
+                payload = await route.handle(action)
+        except ReplyError as exc:
+            payload, outcome = exc.as_json(), exc.code
+        except asyncio.CancelledError:
+            if self.draining:
+                self._finish(action, ShuttingDown().as_json(), "shutting_down", start)
+            raise
+        except Exception:
+            logger.exception("request %s: bug in the handler of %s", action.id, action.route)
+            payload, outcome = InternalError().as_json(), "internal"
+        else:
+            self._done[action.id] = _Done(fp, payload, route, self.clock())
+        self._finish(
+            action, payload, outcome, start, route.summarize(payload) if outcome == "ok" else ""
+        )
+
+    def _finish(
+        self, action: frames.Action, payload: Any, outcome: str, start: float, summary: str = ""
+    ) -> None:
+        self._admitted -= 1
+        flight = self._in_flight.pop(action.id)
+        for _ in range(flight.receipts):
+            self._reply(action.id, payload)
+        self._log(action, outcome, self.clock() - start, summary)
+
+    async def _replay(self, action: frames.Action, done: _Done) -> None:
+        start = self.clock()
+        try:
+            payload = await done.route.replay(done.payload)
+            outcome = "ok (repeat)"
+        except ReplyError as exc:
+            payload, outcome = exc.as_json(), exc.code
+        except Exception:
+            logger.exception("request %s: bug while answering a repeat", action.id)
+            payload, outcome = InternalError().as_json(), "internal"
+        self._reply(action.id, payload)
+        self._log(action, outcome, self.clock() - start)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _reply(self, rid: str, payload: Any) -> None:
+        for part in frames.encode_reply(rid, payload):
+            self.outbox.put(part)
+
+    def _log(self, action: frames.Action, outcome: str, seconds: float, summary: str = "") -> None:
+        logger.info(
+            "request id=%s route=%s outcome=%s duration=%.3fs%s",
+            action.id,
+            action.route,
+            outcome,
+            seconds,
+            f" {summary}" if summary else "",
+        )
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.dedupe_ttl_s
+        while self._done:
+            rid, done = next(iter(self._done.items()))
+            if done.at > horizon:
+                break
+            del self._done[rid]
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop taking work, wait up to ``grace_s`` for running exports, cancel the rest.
+
+        Returns (finished, cancelled) counts.
+        """
+        self.stop.set()
+        pending = set(self.tasks)
+        if not pending:
+            return 0, 0
+        done, still = await asyncio.wait(pending, timeout=grace_s)
+        for task in still:
+            task.cancel(msg="csvgen is shutting down")
+        if still:
+            await asyncio.wait(still)
+        return len(done), len(still)
+
+
+def _check_same(rid: str, seen: bytes, now: bytes) -> None:
+    if seen != now:
+        raise InvalidRequest(
+            [Detail("id", f"request id {rid!r} was already used with a different body")],
+            message="request id reused with a different body",
+        )

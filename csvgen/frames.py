@@ -1,0 +1,238 @@
+"""The wire codec, with no I/O (protocol.md, "Frames").
+
+Inbound, the bus sends JSON text frames::
+
+    {"action": "external-service", "data": {"id": "...", "route": "...", "body": {...}}}
+
+Outbound, and on the Metrics API side in both directions, answers are framed::
+
+    {id}|{partNum}|{totalParts}|{json}
+
+Decisions this module encodes (each has a ``test_reject_*`` case):
+
+* ``totalParts`` 0 or 1 means the frame is complete (``0|0``, ``0|1``, ``1|1``).
+* A split answer has ``totalParts`` parts numbered from 0; numbering from 1 is
+  accepted too. Their JSON texts concatenate, in part order, into one document.
+* The part size limit counts characters of the JSON text, not the prefix.
+* A request id is 1 to 256 characters and never contains ``|``: such an id could
+  not be echoed unambiguously, so the frame is treated as having no usable id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import Detail, FrameError, InvalidEnvelope
+
+__all__ = [
+    "DEFAULT_MAX_PART_CHARS",
+    "EXTERNAL_SERVICE",
+    "MAX_ID_CHARS",
+    "Action",
+    "PartError",
+    "ReplyAssembler",
+    "encode_action",
+    "encode_reply",
+    "json_type",
+    "parse_action",
+    "parse_part",
+]
+
+EXTERNAL_SERVICE = "external-service"
+MAX_ID_CHARS = 256
+DEFAULT_MAX_PART_CHARS = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One inbound request, validated as far as the envelope goes."""
+
+    id: str
+    route: str
+    body: dict[str, Any]
+    action: str = EXTERNAL_SERVICE
+
+
+def _usable_id(value: object) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and "|" not in value:
+        return value
+    return None
+
+
+def parse_action(text: str | bytes) -> Action | None:
+    """Parse one inbound bus frame.
+
+    Returns:
+        The action, or ``None`` when the frame is not for csvgen (its ``action``
+        is not ``external-service``).
+
+    Raises:
+        FrameError: the text is not JSON or has no usable ``data.id``; nothing
+            can be answered.
+        InvalidEnvelope: the id is usable but the envelope is wrong; the caller
+            replies with it.
+    """
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FrameError(f"not a JSON object: got {type(doc).__name__}")
+    data = doc.get("data")
+    raw_id = data.get("id") if isinstance(data, dict) else None
+    action = doc.get("action")
+    if action != EXTERNAL_SERVICE:
+        return None
+    if not isinstance(data, dict):
+        raise FrameError("no data object")
+    rid = _usable_id(raw_id)
+    if rid is None:
+        if raw_id is None:
+            raise FrameError("no data.id")
+        raise FrameError(f"unusable data.id: {raw_id!r:.80}")
+    problems: list[Detail] = []
+    route = data.get("route")
+    if not isinstance(route, str) or not route:
+        problems.append(Detail("route", "must be a non-empty string"))
+    body = data.get("body", {})
+    if not isinstance(body, dict):
+        problems.append(Detail("body", f"must be an object, got {json_type(body)}"))
+    if problems:
+        raise InvalidEnvelope(rid, problems)
+    assert isinstance(route, str) and isinstance(body, dict)
+    return Action(rid, route, body)
+
+
+def encode_action(action: Action) -> str:
+    """The inverse of :func:`parse_action` (used by tests, the stand-in and the client)."""
+    doc = {
+        "action": action.action,
+        "data": {"id": action.id, "route": action.route, "body": action.body},
+    }
+    return orjson.dumps(doc).decode()
+
+
+def encode_reply(
+    rid: str, payload: object, *, max_part_chars: int = DEFAULT_MAX_PART_CHARS
+) -> list[str]:
+    """Frame ``payload`` as one or more ``id|n|total|json`` parts.
+
+    A payload whose JSON fits in ``max_part_chars`` is one ``id|0|0|`` frame;
+    a longer one is cut into ``total`` parts numbered from 0.
+    """
+    if max_part_chars < 1:
+        raise ValueError("max_part_chars must be at least 1")
+    text = orjson.dumps(payload).decode()
+    if len(text) <= max_part_chars:
+        return [f"{rid}|0|0|{text}"]
+    chunks = [text[i : i + max_part_chars] for i in range(0, len(text), max_part_chars)]
+    total = len(chunks)
+    return [f"{rid}|{n}|{total}|{chunk}" for n, chunk in enumerate(chunks)]
+
+
+class PartError(ValueError):
+    """A framed answer that breaks the multi-part rules; ``rid`` is set when known."""
+
+    def __init__(self, message: str, rid: str | None = None) -> None:
+        self.rid = rid
+        super().__init__(message)
+
+
+def parse_part(text: str) -> tuple[str, int, int, str]:
+    """Split one framed answer into ``(id, partNum, totalParts, json_text)``.
+
+    Only the first three ``|`` separate fields, so a ``|`` in the JSON is left alone.
+    """
+    fields = text.split("|", 3)
+    if len(fields) != 4:
+        raise PartError("not a framed answer: expected id|part|total|json")
+    rid, part, total, body = fields
+    if not rid:
+        raise PartError("empty id in framed answer")
+    if not (part.isdigit() and total.isdigit()):
+        raise PartError(f"part numbers must be non-negative integers, got {part!r}|{total!r}", rid)
+    return rid, int(part), int(total), body
+
+
+@dataclass(slots=True)
+class _Pending:
+    total: int
+    parts: dict[int, str] = field(default_factory=dict)
+
+
+class ReplyAssembler:
+    """Reassembles framed answers, h11 style: feed a frame, get a document when complete.
+
+    Parts of different ids may interleave. A duplicate part, a part number out of
+    range or a change of ``totalParts`` raises :class:`PartError` and forgets the id,
+    so a broken answer fails at once instead of hanging.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, _Pending] = {}
+
+    def feed(self, text: str) -> tuple[str, Any] | None:
+        """Take one frame; return ``(id, parsed JSON)`` when its answer is complete."""
+        rid, part, total, body = parse_part(text)
+        if total <= 1:
+            if rid in self._pending:
+                del self._pending[rid]
+                raise PartError(f"single-part frame for {rid!r} while its parts were arriving", rid)
+            if part > 1:
+                raise PartError(f"part {part} of a single-part answer", rid)
+            return rid, _loads(rid, body)
+        pending = self._pending.setdefault(rid, _Pending(total))
+        try:
+            if pending.total != total:
+                raise PartError(
+                    f"answer {rid!r} changed totalParts from {pending.total} to {total}", rid
+                )
+            if part > total:
+                raise PartError(f"part {part} out of range for {total} parts", rid)
+            if part in pending.parts:
+                raise PartError(f"duplicate part {part} of answer {rid!r}", rid)
+        except PartError:
+            del self._pending[rid]
+            raise
+        pending.parts[part] = body
+        if len(pending.parts) < total:
+            return None
+        del self._pending[rid]
+        numbers = sorted(pending.parts)
+        if numbers not in (list(range(total)), list(range(1, total + 1))):
+            raise PartError(
+                f"answer {rid!r} has parts {numbers}, expected 0..{total - 1} or 1..{total}", rid
+            )
+        return rid, _loads(rid, "".join(pending.parts[n] for n in numbers))
+
+    def forget(self, rid: str) -> None:
+        """Drop the parts received so far for ``rid`` (its request timed out)."""
+        self._pending.pop(rid, None)
+
+    def pending_ids(self) -> Iterator[str]:
+        return iter(list(self._pending))
+
+
+def _loads(rid: str, text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PartError(f"answer {rid!r} is not JSON: {exc}", rid) from None
+
+
+def json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

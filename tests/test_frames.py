@@ -1,0 +1,153 @@
+"""The sans-I/O codec: one table run both ways, plus exact rejections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from csvgen.errors import FrameError, InvalidEnvelope
+from csvgen.frames import (
+    Action,
+    PartError,
+    ReplyAssembler,
+    encode_action,
+    encode_reply,
+    parse_action,
+    parse_part,
+)
+
+# (wire text, action): parse(text) == action and parse(encode(action)) == action.
+ACTIONS = [
+    (
+        '{"action":"external-service","data":{"id":"req-1","route":"external-service/x","body":{}}}',
+        Action("req-1", "external-service/x", {}),
+    ),
+    (
+        '{"action":"external-service","data":{"id":"é","route":"r","body":{"a":[1,2.5,null]}}}',
+        Action("é", "r", {"a": [1, 2.5, None]}),
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "action"), ACTIONS)
+def test_actions_both_ways(text: str, action: Action) -> None:
+    """Parsing the wire text and encoding the value agree in both directions."""
+    assert parse_action(text) == action
+    assert parse_action(encode_action(action)) == action
+
+
+def test_missing_body_is_empty() -> None:
+    """An action with no body has an empty one."""
+    text = '{"action":"external-service","data":{"id":"a","route":"r"}}'
+    assert parse_action(text) == Action("a", "r", {})
+
+
+def test_other_actions_are_not_for_us() -> None:
+    """A frame whose action is not external-service parses to None."""
+    assert parse_action('{"action":"metric","data":{"id":"a","route":"entries"}}') is None
+    assert parse_action('{"data":{"id":"a"}}') is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "not JSON: "),  # the rest is orjson's own wording
+        ("[]", "not a JSON object: got list"),
+        ('{"action":"external-service"}', "no data object"),
+        ('{"action":"external-service","data":{}}', "no data.id"),
+        ('{"action":"external-service","data":{"id":7}}', "unusable data.id: 7"),
+        ('{"action":"external-service","data":{"id":""}}', "unusable data.id: ''"),
+        ('{"action":"external-service","data":{"id":"a|b"}}', "unusable data.id: 'a|b'"),
+        (
+            '{"action":"external-service","data":{"id":"' + "x" * 257 + '"}}',
+            "unusable data.id: 'xxx",
+        ),
+    ],
+)
+def test_reject_frames_without_usable_id(text: str, message: str) -> None:
+    """No usable id: FrameError with an exact message, and nothing can be answered."""
+    with pytest.raises(FrameError) as info:
+        parse_action(text)
+    assert info.value.reason.startswith(message)
+
+
+def test_reject_bad_envelope_keeps_the_id() -> None:
+    """A usable id with a bad route and body: InvalidEnvelope listing both paths."""
+    with pytest.raises(InvalidEnvelope) as info:
+        parse_action('{"action":"external-service","data":{"id":"a","route":"","body":3}}')
+    assert info.value.request_id == "a"
+    assert str(info.value) == (
+        "invalid request envelope: route: must be a non-empty string; "
+        "body: must be an object, got a number"
+    )
+
+
+# (payload, max_part_chars, wire parts)
+REPLIES: list[tuple[Any, int, list[str]]] = [
+    ({"body": []}, 100, ['r|0|0|{"body":[]}']),
+    ([1, 2], 5, ["r|0|0|[1,2]"]),
+    ("abcdefgh", 4, ['r|0|3|"abc', "r|1|3|defg", 'r|2|3|h"']),
+    ({"a": "x|y"}, 3, ['r|0|4|{"a', 'r|1|4|":"', "r|2|4|x|y", 'r|3|4|"}']),
+]
+
+
+@pytest.mark.parametrize(("payload", "limit", "parts"), REPLIES)
+def test_replies_both_ways(payload: Any, limit: int, parts: list[str]) -> None:
+    """Encoding splits by characters of JSON; the assembler rebuilds the payload."""
+    assert encode_reply("r", payload, max_part_chars=limit) == parts
+    assembler = ReplyAssembler()
+    results = [assembler.feed(p) for p in parts]
+    assert results[:-1] == [None] * (len(parts) - 1)
+    assert results[-1] == ("r", payload)
+
+
+def test_single_part_forms() -> None:
+    """0|0, 0|1 and 1|1 are all complete single-part answers."""
+    for prefix in ("0|0", "0|1", "1|1"):
+        assert ReplyAssembler().feed(f"a|{prefix}|[1]") == ("a", [1])
+
+
+def test_parts_numbered_from_one_and_interleaved() -> None:
+    """Parts may be numbered 1..n and interleave with another id's parts, in any order."""
+    assembler = ReplyAssembler()
+    frames = ["a|2|2|2]", 'b|0|2|["x', "a|1|2|[1,", 'b|1|2|"]']
+    assert [assembler.feed(f) for f in frames] == [None, None, ("a", [1, 2]), ("b", ["x"])]
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (["a|0|2|[", "a|0|2|1]"], "duplicate part 0 of answer 'a'"),
+        (["a|3|2|["], "part 3 out of range for 2 parts"),
+        (["a|0|3|[", "a|1|2|1]"], "answer 'a' changed totalParts from 3 to 2"),
+        (
+            ["a|0|3|[", "a|1|3|1", "a|3|3|]"],
+            "answer 'a' has parts [0, 1, 3], expected 0..2 or 1..3",
+        ),
+        (["a|0|2|[", "a|0|0|[]"], "single-part frame for 'a' while its parts were arriving"),
+        (["a|0|2|[", "a|1|2|1"], "answer 'a' is not JSON"),
+        (["a|2|0|[]"], "part 2 of a single-part answer"),
+        (["a|x|0|[]"], "part numbers must be non-negative integers, got 'x'|'0'"),
+        (["a|0|[]"], "not a framed answer: expected id|part|total|json"),
+        (["|0|0|[]"], "empty id in framed answer"),
+    ],
+)
+def test_reject_broken_multipart(frames: list[str], message: str) -> None:
+    """A broken multi-part answer is an error at once, never a hang."""
+    assembler = ReplyAssembler()
+    with pytest.raises(PartError) as info:
+        for f in frames:
+            assembler.feed(f)
+    assert str(info.value).startswith(message)
+    assert list(assembler.pending_ids()) == []
+
+
+def test_parse_part_leaves_pipes_in_json() -> None:
+    """Only the first three pipes separate fields."""
+    assert parse_part('id|1|3|{"a":"|"}') == ("id", 1, 3, '{"a":"|"}')
+
+
+def test_reject_zero_part_limit() -> None:
+    with pytest.raises(ValueError, match="max_part_chars must be at least 1"):
+        encode_reply("r", {}, max_part_chars=0)
