@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 from .config import Settings
+from .export import ROUTE, CsvExport
+from .metrics import MetricsClient
 from .routes import Router
+from .storage import Storage
 
 
 @contextlib.asynccontextmanager
-async def build_router(settings: Settings) -> AsyncIterator[Router]:
-    router = Router()
-    yield router
+async def build_router(
+    settings: Settings, now: Callable[[], datetime] | None = None
+) -> AsyncIterator[Router]:
+    """The router with ``external-service/csv-generator``; its clients close on exit.
+
+    ``now`` pins the export time (tests); by default it is the UTC clock.
+    """
+    async with MetricsClient(settings) as metrics:
+        storage = Storage(settings.bucket)
+        export = (
+            CsvExport(settings, metrics, storage, now=now)
+            if now
+            else CsvExport(settings, metrics, storage)
+        )
+        router = Router()
+        router.add(ROUTE, export.handle, replay=export.replay, summarize=export.summarize)
+        yield router

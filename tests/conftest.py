@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from csvgen.app import build_router
 from csvgen.config import Settings
 from csvgen.routes import Router
 from csvgen.worker import serve
-from tests.fakes import FakeBus, running_bus
+from tests.fakes import FakeBus, FakeMetrics, running_bus
 
 #: Reconnect delays in tests: milliseconds, not seconds (websockets' MS idea).
 FAST = {"reconnect_max_delay_s": 0.02, "shutdown_grace_s": 5.0}
@@ -37,3 +39,75 @@ async def running_worker(settings: Settings, router: Router) -> AsyncIterator[as
 async def bus() -> AsyncIterator[FakeBus]:
     async with running_bus() as fake:
         yield fake
+
+
+class S3Server:
+    """moto's S3 in server mode on a free loopback port, with the bucket created."""
+
+    def __init__(self, bucket: str = "aura-exports") -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.bucket = bucket
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.running = True
+        self.client().create_bucket(Bucket=bucket)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = S3Server()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+#: The export time tests pin, so keys are known: the seed page's example time.
+EXPORT_TIME = datetime(2024, 4, 15, 10, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def metrics() -> AsyncIterator[FakeMetrics]:
+    fake = await FakeMetrics().start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_exporter(
+    bus: FakeBus, metrics: FakeMetrics, now: datetime | None = EXPORT_TIME, **changes: Any
+) -> AsyncIterator[asyncio.Event]:
+    """The real worker with the csv-generator route, against the fakes and moto's S3."""
+    settings = make_settings(bus, metrics_url=metrics.uri, **changes)
+    clock = (lambda: now) if now else None
+    async with build_router(settings, clock) as router, running_worker(settings, router) as stop:
+        yield stop

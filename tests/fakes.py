@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from csvgen.frames import ReplyAssembler
 
@@ -99,3 +101,108 @@ async def running_bus() -> AsyncIterator[FakeBus]:
         yield bus
     finally:
         await bus.stop()
+
+
+Answer = Any  # a JSON document, or a RawFrames instance
+
+
+class RawFrames:
+    """An answer given as exact frame bodies: ``parts`` JSON slices sent as id|n|total|…"""
+
+    def __init__(self, document: Any, parts: int, *, first: int = 0) -> None:
+        text = orjson.dumps(document).decode()
+        size = -(-len(text) // parts)
+        self.slices = [text[i * size : (i + 1) * size] for i in range(parts)]
+        self.first = first
+
+    def frames(self, rid: str) -> list[str]:
+        total = len(self.slices)
+        return [f"{rid}|{n + self.first}|{total}|{s}" for n, s in enumerate(self.slices)]
+
+
+class FakeMetrics:
+    """A loopback WebSocket server playing the Aura Metrics API from canned answers.
+
+    ``answers`` is a list of ``(match, answer)``: the first entry whose ``match``
+    items all equal the request's (``route`` against the route, the rest against
+    the body) answers it. ``hold`` makes it answer nothing until released.
+    ``interleave`` collects that many requests, then sends all their frames
+    round-robin, so parts of different answers interleave on the wire.
+    """
+
+    def __init__(
+        self,
+        answers: list[tuple[dict[str, Any], Answer]] | None = None,
+        references: list[dict[str, Any]] | None = None,
+        *,
+        interleave: int = 0,
+    ) -> None:
+        self.answers = answers or []
+        self.references = references or []
+        self.interleave = interleave
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []  # (action, route, body)
+        self.tokens: list[str | None] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.received = asyncio.Queue[str]()
+        self._batch: list[tuple[ServerConnection, list[str]]] = []
+        self.server: Server | None = None
+        self.uri = ""
+        self.connections: list[ServerConnection] = []
+
+    async def start(self) -> FakeMetrics:
+        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
+        port = self.server.sockets[0].getsockname()[1]
+        self.uri = f"ws://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def answer_for(self, route: str, body: dict[str, Any]) -> Answer:
+        for match, answer in self.answers:
+            if all((route if k == "route" else body.get(k)) == v for k, v in match.items()):
+                return answer
+        return {"error": {"code": "not_found", "message": f"no canned answer for {route}"}}
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        self.tokens.append(parse_qs(urlsplit(ws.request.path).query).get("token", [None])[0])
+        self.connections.append(ws)
+        with contextlib.suppress(ConnectionClosed):
+            await self._serve(ws)
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        async for message in ws:
+            doc = orjson.loads(message)
+            action, data = doc["action"], doc["data"]
+            self.requests.append((action, data["route"], data["body"]))
+            await self.received.put(data["route"])
+            if action == "detail":
+                wanted = set(data["body"].get("entities", []))
+                refs = [r for r in self.references if r["id"] in wanted]
+                await ws.send(f"{data['id']}|0|0|{orjson.dumps(refs).decode()}")
+                continue
+            answer = self.answer_for(data["route"], data["body"])
+            await self.hold.wait()
+            if isinstance(answer, RawFrames):
+                frames = answer.frames(data["id"])
+            else:
+                frames = [f"{data['id']}|0|0|{orjson.dumps(answer).decode()}"]
+            if self.interleave:
+                self._batch.append((ws, frames))
+                if len(self._batch) == self.interleave:
+                    await self._send_interleaved()
+                continue
+            for f in frames:
+                await ws.send(f)
+
+    async def _send_interleaved(self) -> None:
+        batch, self._batch = self._batch, []
+        longest = max(len(frames) for _, frames in batch)
+        for n in range(longest):
+            for ws, frames in batch:
+                if n < len(frames):
+                    await ws.send(frames[n])

@@ -1,0 +1,164 @@
+"""The Aura Metrics API client: one WebSocket, many requests in flight (SPEC §3).
+
+Theory of operation
+-------------------
+
+One background task owns the connection (websockets' reconnecting ``connect``
+loop, as the bus does) and is its only reader: it feeds each frame to a
+:class:`~csvgen.frames.ReplyAssembler` and resolves the future waiting on that
+id. :meth:`MetricsClient.request` sends one envelope with a fresh id and waits
+for its answer. If the connection drops before the answer is complete, the
+request is sent again on the next connection, at most ``MAX_ATTEMPTS`` times.
+The caller's timeout bounds the whole: waiting for a connection, sending,
+retries and reassembly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from . import frames
+from .bus import connect_options, with_token
+from .config import Settings, redact_url
+from .errors import CsvgenError
+
+__all__ = ["MetricsClient", "UpstreamError"]
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+
+
+class UpstreamError(CsvgenError):
+    """The Metrics API answered with an error, or with an answer csvgen cannot read."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def error_message(answer: Any) -> str | None:
+    """The upstream error text when ``answer`` is an error answer, else None."""
+    if not isinstance(answer, dict) or "error" not in answer:
+        return None
+    error = answer["error"]
+    if isinstance(error, dict):
+        parts = [str(error[k]) for k in ("code", "message") if error.get(k) is not None]
+        return ": ".join(parts) or str(error)
+    return str(error)
+
+
+class MetricsClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ids = itertools.count(1)
+        self._prefix = f"csvgen-{os.getpid()}-{id(self) & 0xFFFF:x}"
+        self._waiting: dict[str, tuple[asyncio.Future[Any], ClientConnection]] = {}
+        self._assembler = frames.ReplyAssembler()
+        self._ws: ClientConnection | None = None
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> MetricsClient:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()  # a clean 1000 before the loop task goes
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def request(self, action: str, route: str, body: dict[str, Any]) -> Any:
+        """Send one request and return its parsed answer.
+
+        Raises:
+            UpstreamError: an error answer, a broken answer, or the connection was
+                lost ``MAX_ATTEMPTS`` times.
+            TimeoutError: from the caller's ``asyncio.timeout``.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            await self._up.wait()
+            ws = self._ws
+            assert ws is not None
+            rid = f"{self._prefix}-{next(self._ids)}"
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiting[rid] = (future, ws)
+            try:
+                await ws.send(frames.encode_action(frames.Action(rid, route, body, action=action)))
+                answer = await future
+            except (ConnectionClosed, _ConnectionLost):
+                logger.warning("metrics link lost during %s (attempt %d)", route, attempt)
+                continue
+            finally:
+                self._waiting.pop(rid, None)
+                self._assembler.forget(rid)
+            message = error_message(answer)
+            if message is not None:
+                raise UpstreamError(message)
+            return answer
+        raise UpstreamError(f"the metrics connection was lost {MAX_ATTEMPTS} times")
+
+    async def _run(self) -> None:
+        url = self.settings.metrics_url
+        options = connect_options(self.settings, url)
+        async for ws in connect(with_token(url, self.settings.metrics_token), **options):
+            logger.info("connected to the metrics API at %s", redact_url(url))
+            self._ws = ws
+            self._up.set()
+            try:
+                async for message in ws:
+                    self._on_frame(message)
+            except ConnectionClosed:
+                pass
+            finally:
+                self._up.clear()
+                self._ws = None
+                self._fail_waiting(ws)
+            if self._closing:
+                return
+            logger.warning("lost the metrics connection; reconnecting")
+
+    def _on_frame(self, message: str | bytes) -> None:
+        text = message.decode() if isinstance(message, bytes) else message
+        try:
+            done = self._assembler.feed(text)
+        except frames.PartError as exc:
+            if exc.rid is not None:
+                self._settle(exc.rid, error=UpstreamError(f"broken answer: {exc}"))
+            else:
+                logger.warning("unreadable frame from the metrics API: %s", exc)
+            return
+        if done is not None:
+            self._settle(done[0], result=done[1])
+
+    def _settle(self, rid: str, *, result: Any = None, error: Exception | None = None) -> None:
+        entry = self._waiting.get(rid)
+        if entry is None or entry[0].done():
+            logger.debug("answer for unknown or finished request %s", rid)
+            return
+        if error is not None:
+            entry[0].set_exception(error)
+        else:
+            entry[0].set_result(result)
+
+    def _fail_waiting(self, ws: ClientConnection) -> None:
+        for future, sent_on in list(self._waiting.values()):
+            if sent_on is ws and not future.done():
+                future.set_exception(_ConnectionLost())

@@ -1,0 +1,524 @@
+"""The csv-generator body → an :class:`ExportPlan`, with no I/O (protocol.md, "The request").
+
+:func:`make_plan` validates the whole body, collecting every problem with its
+JSON path into one :class:`~csvgen.errors.InvalidRequest`, resolves each metric
+request's route (SPEC §3) and shapes the body sent upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import Detail, InvalidRequest
+from .frames import json_type
+
+__all__ = [
+    "DIMENSIONS",
+    "ColumnSpec",
+    "ExportPlan",
+    "MetricPlan",
+    "make_plan",
+]
+
+#: rowFilters values, in the order the spec lists them.
+DIMENSIONS = ("entity", "age", "gender", "role", "taxonomy")
+ENUMS = {
+    "age": ("ages", ["0_15", "16_24", "25_34", "35_44", "45_54", "55_64", "65_100"]),
+    "gender": ("genders", ["male", "female"]),
+    "role": ("roles", ["customer", "staff", "customer-customer", "customer-staff", "staff-staff"]),
+}
+ENTITY_TYPES = ("location", "organisation", "recording")
+DIALECTS = ("default", "excel", "excel-eu")
+COMPRESSIONS = ("none", "gzip")
+#: Periods whose bucket is written as a date; anything finer is a full timestamp.
+DATE_PERIODS = frozenset({"day", "week", "month", "year"})
+
+_DIMENSION_ALIASES = {
+    "index": ("index", "date", "day", "time", "timestamp", "period", "hour", "week", "month"),
+    "entity": ("entity", "location", "store", "site", "organisation", "recording"),
+    "entity_name": ("entity_name", "entity name", "location name", "store name", "site name"),
+    "age": ("age", "age group"),
+    "gender": ("gender",),
+    "role": ("role",),
+    "taxonomy": ("taxonomy", "zone", "area"),
+}
+DIMENSION_BY_NAME = {alias: dim for dim, aliases in _DIMENSION_ALIASES.items() for alias in aliases}
+
+SALES_FIELDS = ("sales_transaction_count", "sales_volume", "sales_units", "sales_atv", "sales_upt")
+#: fetchValue → route (SPEC §3); area_max_occupancy depends on the body.
+ROUTE_BY_FETCH_VALUE = {
+    "entries": "entries",
+    "passers_by": "passers-by",
+    "capture_rate": "capture-rate",
+    "area_average_occupancy": "area/average-occupancy",
+    "area_utilisation": "area/utilisation",
+    "sales_conversion_rate": "transactions/conversion-rate",
+    "uptime": "uptime",
+    **dict.fromkeys(SALES_FIELDS, "transactions/data"),
+}
+#: Value fields of the routes csvgen knows; fetchValue may be left out when there is one.
+VALUE_FIELDS = {
+    "entries": ("entries",),
+    "passers-by": ("passers_by",),
+    "capture-rate": ("capture_rate",),
+    "max-occupancy": ("area_max_occupancy",),
+    "area/max-occupancy": ("area_max_occupancy",),
+    "area/average-occupancy": ("area_average_occupancy",),
+    "area/utilisation": ("area_utilisation",),
+    "transactions/data": SALES_FIELDS,
+    "transactions/conversion-rate": ("sales_conversion_rate",),
+    "uptime": ("uptime",),
+}
+#: Routes that take breakdownByDimensions ["entity"] only.
+ENTITY_ONLY_ROUTES = frozenset({"transactions/data", "transactions/conversion-rate", "uptime"})
+#: csvgen's own fields on a metric request; never sent upstream.
+OWN_FIELDS = ("metricId", "name", "route")
+
+_ISO_WITH_ZONE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One CSV column: a dimension (``metric`` is None) or a value of one metric request."""
+
+    heading: str
+    dimension: str | None = None
+    metric: int | None = None  # index into ExportPlan.metrics
+    fetch_value: str = ""
+    path: tuple[str, ...] = ()
+    filter: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPlan:
+    metric_id: str
+    name: str
+    route: str
+    entity_type: str
+    entities: tuple[str, ...]
+    period: str | None
+    body: dict[str, Any]  # exactly what is sent upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPlan:
+    columns: tuple[ColumnSpec, ...]
+    sort_by: tuple[int, ...]
+    row_dimensions: tuple[str, ...]  # the rowFilters, in order
+    dated: bool
+    date_only: bool  # the time bucket is written YYYY-MM-DD
+    metrics: tuple[MetricPlan, ...]  # only those bound to a column
+    dialect: str = "default"
+    gzip: bool = False
+    warnings: tuple[str, ...] = ()
+    entity_types: tuple[str, ...] = field(default=())  # entity types of the rows
+
+    @property
+    def key_dimensions(self) -> tuple[str, ...]:
+        """The row key: the time bucket when dated, then each rowFilters dimension."""
+        return (("index",) if self.dated else ()) + self.row_dimensions
+
+    @property
+    def needs_names(self) -> bool:
+        return any(c.dimension == "entity_name" for c in self.columns)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.details: list[Detail] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.details.append(Detail(path, message))
+
+
+def make_plan(body: Mapping[str, Any]) -> ExportPlan:
+    """Validate a csv-generator body and plan the export.
+
+    Raises:
+        InvalidRequest: listing every problem found, each with its JSON path.
+    """
+    p = _Problems()
+    fmt = body.get("csvFormat")
+    if not isinstance(fmt, dict):
+        p.add("csvFormat", _expected("an object", fmt))
+        fmt = {}
+    raw_metrics = _metric_requests(body.get("metricRequests"), p)
+    row_dims = _row_filters(fmt.get("rowFilters"), p)
+    raw_columns = fmt.get("columns")
+    columns: list[dict[str, Any]] = []
+    if not isinstance(raw_columns, list) or not raw_columns:
+        p.add("csvFormat.columns", _expected("a non-empty array of column objects", raw_columns))
+    else:
+        for i, col in enumerate(raw_columns):
+            if not isinstance(col, dict):
+                p.add(f"csvFormat.columns[{i}]", _expected("an object", col))
+                columns.append({})
+                continue
+            heading = col.get("heading")
+            if not isinstance(heading, str) or not heading.strip():
+                p.add(f"csvFormat.columns[{i}].heading", _expected("a non-empty string", heading))
+            columns.append(col)
+    sort_by = _sort_by(fmt.get("sortBy"), len(columns), p)
+    dialect = _choice(fmt, "dialect", DIALECTS, p)
+    compression = _choice(fmt, "compression", COMPRESSIONS, p)
+
+    ids = [m.get("metricId") for m in raw_metrics]
+    by_id = {mid: i for i, mid in enumerate(ids) if isinstance(mid, str)}
+    specs = [_column(i, col, row_dims, raw_metrics, by_id, p) for i, col in enumerate(columns)]
+    dated = any(s.dimension == "index" for s in specs)
+
+    bound = sorted({s.metric for s in specs if s.metric is not None and s.metric >= 0})
+    warnings = [
+        f"metric request {_label(raw_metrics[i], i)} is bound to no column and was not run"
+        for i in range(len(raw_metrics))
+        if i not in bound and raw_metrics[i]
+    ]
+    renumber = {old: new for new, old in enumerate(bound)}
+    metrics = []
+    for old in bound:
+        own_specs = [(i, s) for i, s in enumerate(specs) if s.metric == old]
+        metrics.append(_metric_plan(old, raw_metrics[old], own_specs, row_dims, dated, p))
+    if dated:
+        periods = {m.period for m in metrics}
+        if len(periods) > 1:
+            shown = ", ".join(sorted(repr(x) for x in periods))
+            p.add("metricRequests", f"a dated CSV needs one aggregationPeriod, got {shown}")
+    _check_column_coverage(specs, metrics, renumber, row_dims, p)
+    if p.details:
+        raise InvalidRequest(p.details)
+
+    plans = tuple(metrics)
+    period = plans[0].period if plans else None
+    return ExportPlan(
+        columns=tuple(s if s.metric is None else _renumbered(s, renumber[s.metric]) for s in specs),
+        sort_by=tuple(sort_by),
+        row_dimensions=tuple(row_dims),
+        dated=dated,
+        date_only=period in DATE_PERIODS,
+        metrics=plans,
+        dialect=dialect or "default",
+        gzip=compression == "gzip",
+        warnings=tuple(warnings),
+        entity_types=tuple(sorted({m.entity_type for m in plans})),
+    )
+
+
+# -- body parts --------------------------------------------------------------------
+
+
+def _metric_requests(value: object, p: _Problems) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        p.add("metricRequests", _expected("a non-empty array of metric request objects", value))
+        return []
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            p.add(f"metricRequests[{i}]", _expected("an object", m))
+            out.append({})
+        else:
+            _check_metric_request(f"metricRequests[{i}]", m, seen, p)
+            out.append(m)
+    return out
+
+
+def _check_metric_request(path: str, m: dict[str, Any], seen: set[str], p: _Problems) -> None:
+    mid = m.get("metricId")
+    if "metricId" in m:
+        if not isinstance(mid, str) or not mid:
+            p.add(f"{path}.metricId", _expected("a non-empty string", mid))
+        elif mid in seen:
+            p.add(f"{path}.metricId", f"duplicate metricId {mid!r}")
+        else:
+            seen.add(mid)
+    for key in ("start", "end"):
+        when = m.get(key)
+        if not isinstance(when, str) or not _is_iso_with_zone(when):
+            p.add(
+                f"{path}.{key}",
+                _expected("a full ISO 8601 date-time with a timezone", when)
+                + " (e.g. 2024-04-01T00:00:00.000Z)",
+            )
+    entities = m.get("entities")
+    if not isinstance(entities, list) or not entities:
+        p.add(f"{path}.entities", _expected("a non-empty array of entity ids", entities))
+    else:
+        for j, e in enumerate(entities):
+            if not isinstance(e, str) or not e:
+                p.add(f"{path}.entities[{j}]", _expected("a non-empty string", e))
+    etype = m.get("entityType")
+    if etype not in ENTITY_TYPES:
+        p.add(f"{path}.entityType", _expected(_one_of(ENTITY_TYPES), etype))
+    for key in ("name", "route", "aggregationPeriod"):
+        if key in m and (not isinstance(m[key], str) or not m[key]):
+            p.add(f"{path}.{key}", _expected("a non-empty string", m[key]))
+
+
+def _row_filters(value: object, p: _Problems) -> list[str]:
+    if not isinstance(value, list) or not value:
+        p.add(
+            "csvFormat.rowFilters", _expected(f"a non-empty array of {_one_of(DIMENSIONS)}", value)
+        )
+        return []
+    dims: list[str] = []
+    for i, d in enumerate(value):
+        if d not in DIMENSIONS:
+            p.add(f"csvFormat.rowFilters[{i}]", _expected(_one_of(DIMENSIONS), d))
+        elif d in dims:
+            p.add(f"csvFormat.rowFilters[{i}]", f"duplicate dimension {d!r}")
+        else:
+            dims.append(d)
+    return dims
+
+
+def _sort_by(value: object, n_columns: int, p: _Problems) -> list[int]:
+    if not isinstance(value, list):
+        p.add("csvFormat.sortBy", _expected("an array of integer column indices", value))
+        return []
+    out: list[int] = []
+    for i, idx in enumerate(value):
+        path = f"csvFormat.sortBy[{i}]"
+        if isinstance(idx, dict):
+            p.add(
+                path,
+                "must be an integer column index, got an object: sortBy is an array of "
+                "column indices, not of objects",
+            )
+        elif not isinstance(idx, int) or isinstance(idx, bool):
+            p.add(path, _expected("an integer column index", idx))
+        elif not 0 <= idx < max(n_columns, 1) or n_columns == 0:
+            p.add(path, f"column index {idx} is out of range 0..{n_columns - 1}")
+        else:
+            out.append(idx)
+    return out
+
+
+def _choice(fmt: Mapping[str, Any], key: str, allowed: tuple[str, ...], p: _Problems) -> str | None:
+    value = fmt.get(key)
+    if value is None:
+        return None
+    if value not in allowed:
+        p.add(f"csvFormat.{key}", _expected(_one_of(allowed), value))
+        return None
+    return str(value)
+
+
+def _column(
+    i: int,
+    col: Mapping[str, Any],
+    row_dims: list[str],
+    metrics: list[dict[str, Any]],
+    by_id: dict[str, int],
+    p: _Problems,
+) -> ColumnSpec:
+    path = f"csvFormat.columns[{i}]"
+    heading = col.get("heading") if isinstance(col.get("heading"), str) else ""
+    assert isinstance(heading, str)
+    mid = col.get("metricId")
+    fetch = col.get("fetchValue")
+    if fetch is not None and (not isinstance(fetch, str) or not fetch):
+        p.add(f"{path}.fetchValue", _expected("a non-empty string", fetch))
+        fetch = None
+    raw_field = col.get("field")
+    if raw_field is not None and (not isinstance(raw_field, str) or not raw_field):
+        p.add(f"{path}.field", _expected("a non-empty string", raw_field))
+        raw_field = None
+
+    if mid is None and fetch is not None and len(metrics) > 1:
+        p.add(f"{path}.metricId", "required: with several metric requests a value column names one")
+        return ColumnSpec(heading, metric=-1)
+    if mid is None and fetch is None:
+        # A dimension column: its field, or else its heading, names the dimension.
+        name = (raw_field or heading).strip().lower()
+        dim = DIMENSION_BY_NAME.get(name)
+        if dim is None:
+            p.add(
+                path,
+                f"column {heading!r} has no metricId and is not a dimension column "
+                f"({_one_of(sorted(_DIMENSION_ALIASES))}, by field or heading)",
+            )
+        elif dim != "index":
+            needed = "entity" if dim == "entity_name" else dim
+            if needed not in row_dims:
+                p.add(path, f"dimension column {dim!r} needs {needed!r} in csvFormat.rowFilters")
+        return ColumnSpec(heading, dimension=dim)
+
+    if mid is None:
+        metric = 0
+    elif not isinstance(mid, str) or mid not in by_id:
+        p.add(f"{path}.metricId", f"names no metric request: {mid!r}")
+        metric = -1
+    else:
+        metric = by_id[mid]
+    filters = _filter(col.get("filter"), f"{path}.filter", p)
+    return ColumnSpec(
+        heading,
+        metric=metric,
+        fetch_value=fetch or "",
+        path=tuple(raw_field.split(".")) if raw_field else (),
+        filter=filters,
+    )
+
+
+def _filter(value: object, path: str, p: _Problems) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        p.add(path, _expected("an object of dimension → value", value))
+        return ()
+    out = []
+    for key, v in value.items():
+        if key not in DIMENSIONS:
+            p.add(f"{path}.{key}", f"filter keys must be {_one_of(DIMENSIONS)}")
+        elif not isinstance(v, str) or not v:
+            p.add(f"{path}.{key}", _expected("a non-empty string", v))
+        else:
+            out.append((key, v))
+    return tuple(sorted(out))
+
+
+def _metric_plan(
+    index: int,
+    m: dict[str, Any],
+    specs: list[tuple[int, ColumnSpec]],
+    row_dims: list[str],
+    dated: bool,
+    p: _Problems,
+) -> MetricPlan:
+    path = f"metricRequests[{index}]"
+    label = _label(m, index)
+    route = _route(m, [s for _, s in specs], path, label, p)
+    fields = VALUE_FIELDS.get(route, ())
+    entity_only = route in ENTITY_ONLY_ROUTES
+    for i, spec in specs:
+        if not spec.fetch_value and len(fields) != 1:
+            p.add(
+                f"csvFormat.columns[{i}].fetchValue",
+                f"needs a fetchValue: route {route!r} returns "
+                + (", ".join(fields) if fields else "fields csvgen does not know"),
+            )
+        for key, _ in spec.filter:
+            if entity_only and key != "entity":
+                p.add(
+                    f"csvFormat.columns[{i}].filter.{key}",
+                    f"route {route!r} cannot be broken down by {key!r} (it takes entity only)",
+                )
+
+    needed = list(row_dims)
+    for _, spec in specs:
+        needed += [k for k, _ in spec.filter if k not in needed]
+    breakdown = ["entity"] if entity_only else [d for d in DIMENSIONS if d in needed]
+    upstream = {k: v for k, v in m.items() if k not in OWN_FIELDS}
+    if breakdown:
+        upstream["breakdownByDimensions"] = breakdown
+    else:
+        upstream.pop("breakdownByDimensions", None)
+    for dim in breakdown:
+        if dim in ENUMS:
+            key, values = ENUMS[dim]
+            upstream.setdefault(key, list(values))
+    if "taxonomy" in breakdown and "taxonomy" not in upstream:
+        wanted = sorted({v for _, s in specs for k, v in s.filter if k == "taxonomy"})
+        if wanted:
+            upstream["taxonomy"] = wanted
+    upstream["facets"] = ["segments"] if dated else ["summary"]
+    period = m.get("aggregationPeriod")
+    entities = m.get("entities")
+    return MetricPlan(
+        metric_id=str(m.get("metricId", label)),
+        name=str(m.get("name", "")),
+        route=route,
+        entity_type=str(m.get("entityType", "location")),
+        entities=tuple(e for e in entities if isinstance(e, str))
+        if isinstance(entities, list)
+        else (),
+        period=period if isinstance(period, str) else None,
+        body=upstream,
+    )
+
+
+def _route(
+    m: Mapping[str, Any], specs: list[ColumnSpec], path: str, label: str, p: _Problems
+) -> str:
+    explicit = m.get("route")
+    if isinstance(explicit, str) and explicit:
+        return explicit.removeprefix("metric/")
+    routes = set()
+    for spec in specs:
+        if spec.fetch_value == "area_max_occupancy":
+            routes.add("area/max-occupancy" if "areaType" in m else "max-occupancy")
+        elif spec.fetch_value in ROUTE_BY_FETCH_VALUE:
+            routes.add(ROUTE_BY_FETCH_VALUE[spec.fetch_value])
+    if len(routes) == 1:
+        return routes.pop()
+    values = sorted({s.fetch_value for s in specs if s.fetch_value})
+    if routes:
+        p.add(
+            path, f"metric request {label}: its columns' fetchValues {values} need different routes"
+        )
+    else:
+        p.add(
+            path,
+            f"cannot tell the route of metric request {label}: give it a route, or bind it to "
+            f"a column whose fetchValue names one (got {values or 'none'})",
+        )
+    return ""
+
+
+def _check_column_coverage(
+    specs: list[ColumnSpec],
+    metrics: list[MetricPlan],
+    renumber: dict[int, int],
+    row_dims: list[str],
+    p: _Problems,
+) -> None:
+    """A value column must pin every breakdown dimension that is not a row dimension."""
+    for i, spec in enumerate(specs):
+        if spec.metric is None or spec.metric < 0:
+            continue
+        plan = metrics[renumber[spec.metric]]
+        pinned = {k for k, _ in spec.filter}
+        for dim in plan.body.get("breakdownByDimensions", ()):
+            if dim not in row_dims and dim not in pinned and dim != "entity":
+                p.add(
+                    f"csvFormat.columns[{i}]",
+                    f"metric request {plan.metric_id!r} is broken down by {dim!r} for another "
+                    f"column, so this column needs a {dim!r} filter too "
+                    "(or its own metric request)",
+                )
+
+
+def _renumbered(spec: ColumnSpec, metric: int) -> ColumnSpec:
+    return ColumnSpec(spec.heading, None, metric, spec.fetch_value, spec.path, spec.filter)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _is_iso_with_zone(text: str) -> bool:
+    if not _ISO_WITH_ZONE.match(text):
+        return False
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _label(m: Mapping[str, Any], index: int) -> str:
+    mid = m.get("metricId")
+    return repr(mid) if isinstance(mid, str) and mid else f"#{index}"
+
+
+def _one_of(values: tuple[str, ...] | list[str]) -> str:
+    return "one of " + ", ".join(repr(v) for v in values)
+
+
+def _expected(what: str, got: object) -> str:
+    if isinstance(got, str):
+        return f"must be {what}, got {got!r}"
+    return f"must be {what}, got {json_type(got)}"

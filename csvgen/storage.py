@@ -1,0 +1,155 @@
+"""S3: put a finished CSV file under a key that is never reused, and sign GET URLs (SPEC §5).
+
+Every boto3 call lives here. Uploads run in a thread (boto3 blocks). A file up
+to ``MULTIPART_THRESHOLD`` goes up with one ``PutObject``; a larger one as a
+multipart upload read from the file part by part, so the CSV is never held
+whole in memory. Both use ``If-None-Match: *``: when the key already exists the
+next suffix (``-2``, ``-3``…) is tried, so no object is ever overwritten, even
+by another replica in the same second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import StorageFailed
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["Storage", "StoredObject", "content_disposition"]
+
+logger = logging.getLogger(__name__)
+
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+MAX_SUFFIX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    bucket: str
+    key: str
+
+
+def content_disposition(name: str, extension: str) -> str:
+    """``attachment; filename="…"`` from a metric request's name, made safe for any client."""
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "", name).strip(" .")
+    stem = re.sub(r"\s+", " ", stem)[:100] or "export"
+    return f'attachment; filename="{stem}{extension}"'
+
+
+class Storage:
+    def __init__(self, bucket: str, client: S3Client | None = None) -> None:
+        self.bucket = bucket
+        self.client: S3Client = client or boto3.client(
+            "s3",
+            config=Config(
+                signature_version="s3v4",
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
+        )
+
+    async def put_new(
+        self,
+        stem: str,
+        extension: str,
+        fileobj: IO[bytes],
+        size: int,
+        *,
+        content_type: str,
+        disposition: str,
+        metadata: dict[str, str],
+    ) -> StoredObject:
+        """Upload ``fileobj`` under ``stem + extension``, or the first free ``stem-N``."""
+        extra = {
+            "ContentType": content_type,
+            "ContentDisposition": disposition,
+            "Metadata": metadata,
+        }
+        try:
+            return await asyncio.to_thread(self._put_new, stem, extension, fileobj, size, extra)
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("upload to s3://%s failed: %s", self.bucket, exc)
+            raise StorageFailed(f"upload to bucket {self.bucket!r} failed: {_short(exc)}") from exc
+
+    def _put_new(
+        self, stem: str, extension: str, fileobj: IO[bytes], size: int, extra: dict[str, Any]
+    ) -> StoredObject:
+        for n in range(1, MAX_SUFFIX + 1):
+            key = f"{stem}{extension}" if n == 1 else f"{stem}-{n}{extension}"
+            fileobj.seek(0)
+            try:
+                if size <= MULTIPART_THRESHOLD:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=fileobj, IfNoneMatch="*", **extra
+                    )
+                else:
+                    self._multipart(key, fileobj, extra)
+            except ClientError as exc:
+                if _is_precondition_failed(exc):
+                    continue
+                raise
+            return StoredObject(self.bucket, key)
+        raise StorageFailed(f"no free key for {stem}{extension} after {MAX_SUFFIX} tries")
+
+    def _multipart(self, key: str, fileobj: IO[bytes], extra: dict[str, Any]) -> None:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number in range(1, 10_001):
+                chunk = fileobj.read(PART_SIZE)
+                if not chunk:
+                    break
+                part = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                IfNoneMatch="*",
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (BotoCoreError, ClientError):
+                logger.warning("could not abort multipart upload of %s", key)
+            raise
+
+    def presign(self, key: str, expires_s: int, now: datetime | None = None) -> tuple[str, str]:
+        """A presigned GET URL for ``key`` and when it expires (ISO 8601, UTC, ``Z``)."""
+        now = now or datetime.now(UTC)
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageFailed(f"signing a URL failed: {_short(exc)}") from exc
+        expires = (now + timedelta(seconds=expires_s)).replace(microsecond=0)
+        return url, expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_precondition_failed(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    return error.get("Code") in ("PreconditionFailed", "412") or (
+        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+    )
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n")[0][:200]
