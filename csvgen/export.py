@@ -119,7 +119,7 @@ class CsvExport:
     # -- upstream ----------------------------------------------------------------
 
     async def _gather(self, plan: ExportPlan) -> tuple[list[Any], dict[str, str], str]:
-        """Run every metric request (bounded), the name lookup and the owner lookup at once."""
+        """Run every metric request (bounded) and the reference lookup at once."""
         limit = asyncio.Semaphore(self.settings.max_metric_concurrency)
 
         async def one(metric: MetricPlan) -> Any:
@@ -129,11 +129,12 @@ class CsvExport:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(one(m)) for m in plan.metrics]
-                names = tg.create_task(self._names(plan)) if plan.needs_names else None
-                owner = tg.create_task(self._owner(plan.metrics[0]))
+                refs = tg.create_task(self._reference_data(plan))
         except ExceptionGroup as group:
             raise _first(group.exceptions) from None
-        return [t.result() for t in tasks], names.result() if names else {}, owner.result()
+        found = refs.result()
+        names = {eid: str(r["name"]) for eid, r in found.items() if "name" in r}
+        return [t.result() for t in tasks], names, _owner(plan.metrics[0], found)
 
     async def _metric(self, metric: MetricPlan) -> Any:
         timeout = self.settings.metric_timeout_s
@@ -144,6 +145,29 @@ class CsvExport:
             raise MetricTimeout(metric.metric_id, timeout) from None
         except UpstreamError as exc:
             raise MetricFailed(metric.metric_id, exc.message) from None
+
+    async def _reference_data(self, plan: ExportPlan) -> dict[str, dict[str, Any]]:
+        """detail/list records: every entity when the CSV names entities, else the owner's.
+
+        A failed lookup fails the export only when names are needed; the owner
+        then falls back to the entity id (SPEC §5).
+        """
+        wanted: dict[str, set[str]] = {}
+        if plan.needs_names:
+            for m in plan.metrics:
+                wanted.setdefault(m.entity_type, set()).update(m.entities)
+        first = plan.metrics[0]
+        if first.entity_type != "organisation":
+            wanted.setdefault(first.entity_type, set()).add(first.entities[0])
+        found: dict[str, dict[str, Any]] = {}
+        for entity_type, ids in sorted(wanted.items()):
+            try:
+                found.update(await self._lookup(entity_type, sorted(ids)))
+            except (UpstreamError, TimeoutError) as exc:
+                if plan.needs_names:
+                    raise MetricFailed("detail/list", str(exc) or "timed out") from None
+                logger.warning("reference lookup failed (%s); the key uses the entity id", exc)
+        return found
 
     async def _lookup(self, entity_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Reference data (detail/list) for ``ids``, cached for an hour."""
@@ -166,31 +190,14 @@ class CsvExport:
                     found[item["id"]] = item
         return found
 
-    async def _names(self, plan: ExportPlan) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for entity_type in plan.entity_types:
-            ids = sorted(
-                {e for m in plan.metrics if m.entity_type == entity_type for e in m.entities}
-            )
-            try:
-                found = await self._lookup(entity_type, ids)
-            except (UpstreamError, TimeoutError) as exc:
-                raise MetricFailed("detail/list", f"entity names: {exc or 'timed out'}") from None
-            names.update({eid: str(r["name"]) for eid, r in found.items() if "name" in r})
-        return names
 
-    async def _owner(self, metric: MetricPlan) -> str:
-        """The organisation of the first entity, else that entity's id (SPEC §5)."""
-        first = metric.entities[0]
-        if metric.entity_type == "organisation":
-            return first
-        try:
-            found = await self._lookup(metric.entity_type, [first])
-        except (UpstreamError, TimeoutError) as exc:
-            logger.warning("owner lookup for %s failed (%s); using the entity id", first, exc)
-            return first
-        org = found.get(first, {}).get("organisation_id")
-        return org if isinstance(org, str) and org else first
+def _owner(metric: MetricPlan, found: dict[str, dict[str, Any]]) -> str:
+    """The organisation of the first entity, else that entity's id (SPEC §5)."""
+    first = metric.entities[0]
+    if metric.entity_type == "organisation":
+        return first
+    org = found.get(first, {}).get("organisation_id")
+    return org if isinstance(org, str) and org else first
 
 
 def _write(plan: ExportPlan, table: Table, f: Any) -> WriteResult:

@@ -395,7 +395,7 @@ def _metric_plan(
     fields = VALUE_FIELDS.get(route, ())
     entity_only = route in ENTITY_ONLY_ROUTES
     for i, spec in specs:
-        if not spec.fetch_value and len(fields) != 1:
+        if route and not spec.fetch_value and len(fields) != 1:
             p.add(
                 f"csvFormat.columns[{i}].fetchValue",
                 f"needs a fetchValue: route {route!r} returns "

@@ -7,6 +7,7 @@ data) and ``expected.csv`` (the exact bytes the downloaded object must have).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import pytest
 
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
@@ -76,3 +78,44 @@ async def test_seed_example(bus: FakeBus, metrics: FakeMetrics, s3: S3Server) ->
         "row-count": "30",
         "sha256": item["sha256"],
     }
+
+
+# Each golden case, with the rule it pins.
+GOLDEN = {
+    "multi": "three metric requests (entries, passers-by, sales) for three locations join on "
+    "date+entity; a closed day keeps its row with empty cells; sort by date then name",
+    "entity-age": "demographic entries by age beside entity-only sales: sales land on the row "
+    "whose age is empty, never repeated per age; an explicit route with the metric/ prefix",
+    "taxonomy": "a taxonomy filter matches the exact path only (Products:Clothing:Shoes is "
+    "not Products:Clothing)",
+    "summary": "no time column: the summary facet, and a tie on the sort column broken by "
+    "the row key",
+    "nulls-zeros": "null is an empty cell, 0 stays 0; floats in plain decimal, never exponents",
+    "empty": "an empty result is a header-only file with rowCount 0",
+    "excel": "excel: a UTF-8 BOM; quoting only where a field holds a comma or a quote",
+    "excel-eu": "excel-eu: BOM, ';' separator, decimal comma in non-integer numbers",
+    "gzip": "gzip: the stored object is gzip, the sha256 and size describe the stored bytes",
+    "hostile": "formula safety: headings and names starting = + - @ tab get a leading "
+    "quote, numbers never",
+    "multipart": "answers split in parts (numbered from 0 and from 1) that interleave on the "
+    "wire reassemble into the same CSV",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+async def test_golden(bus: FakeBus, metrics: FakeMetrics, s3: S3Server, name: str) -> None:
+    """The object behind the signed URL has exactly the golden bytes (see GOLDEN for the rule)."""
+    payload = await export(bus, metrics, name)
+    [item] = payload["body"]
+    stored = download(item["signedUrl"])
+    assert item["sha256"] == hashlib.sha256(stored).hexdigest()
+    assert item["sizeBytes"] == len(stored)
+    csv = gzip.decompress(stored) if name == "gzip" else stored
+    expected = (EXPORTS / name / "expected.csv").read_bytes()
+    assert csv == expected
+    assert item["rowCount"] == expected.count(b"\r\n") - 1
+    if name == "gzip":
+        assert item["key"].endswith(".csv.gz")
+        assert item["contentType"] == "application/gzip"
+        head = s3.client().head_object(Bucket="aura-exports", Key=item["key"])
+        assert head["ContentDisposition"] == 'attachment; filename="Gzipped entries.csv.gz"'
