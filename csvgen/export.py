@@ -166,7 +166,9 @@ class CsvExport:
             except (UpstreamError, TimeoutError) as exc:
                 if plan.needs_names:
                     raise MetricFailed("detail/list", str(exc) or "timed out") from None
-                logger.warning("reference lookup failed (%s); the key uses the entity id", exc)
+                logger.warning(
+                    "reference lookup failed (%s); the key uses the entity id", exc or "timed out"
+                )
         return found
 
     async def _lookup(self, entity_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:

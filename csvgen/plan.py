@@ -142,33 +142,25 @@ def make_plan(body: Mapping[str, Any]) -> ExportPlan:
         InvalidRequest: listing every problem found, each with its JSON path.
     """
     p = _Problems()
+    raw_metrics = _metric_requests(body.get("metricRequests"), p)
     fmt = body.get("csvFormat")
     if not isinstance(fmt, dict):
         p.add("csvFormat", _expected("an object", fmt))
-        fmt = {}
-    raw_metrics = _metric_requests(body.get("metricRequests"), p)
+        raise InvalidRequest(p.details)
     row_dims = _row_filters(fmt.get("rowFilters"), p)
-    raw_columns = fmt.get("columns")
-    columns: list[dict[str, Any]] = []
-    if not isinstance(raw_columns, list) or not raw_columns:
-        p.add("csvFormat.columns", _expected("a non-empty array of column objects", raw_columns))
-    else:
-        for i, col in enumerate(raw_columns):
-            if not isinstance(col, dict):
-                p.add(f"csvFormat.columns[{i}]", _expected("an object", col))
-                columns.append({})
-                continue
-            heading = col.get("heading")
-            if not isinstance(heading, str) or not heading.strip():
-                p.add(f"csvFormat.columns[{i}].heading", _expected("a non-empty string", heading))
-            columns.append(col)
+    columns = _columns(fmt.get("columns"), p)
     sort_by = _sort_by(fmt.get("sortBy"), len(columns), p)
     dialect = _choice(fmt, "dialect", DIALECTS, p)
     compression = _choice(fmt, "compression", COMPRESSIONS, p)
+    if not raw_metrics or not columns:
+        raise InvalidRequest(p.details)  # nothing more can be checked meaningfully
 
     ids = [m.get("metricId") for m in raw_metrics]
     by_id = {mid: i for i, mid in enumerate(ids) if isinstance(mid, str)}
-    specs = [_column(i, col, row_dims, raw_metrics, by_id, p) for i, col in enumerate(columns)]
+    specs = [
+        _column(i, col, row_dims, raw_metrics, by_id, p) if col is not None else ColumnSpec("")
+        for i, col in enumerate(columns)
+    ]
     dated = any(s.dimension == "index" for s in specs)
 
     bound = sorted({s.metric for s in specs if s.metric is not None and s.metric >= 0})
@@ -258,6 +250,24 @@ def _check_metric_request(path: str, m: dict[str, Any], seen: set[str], p: _Prob
             p.add(f"{path}.{key}", _expected("a non-empty string", m[key]))
 
 
+def _columns(value: object, p: _Problems) -> list[dict[str, Any] | None]:
+    """The column objects; None stands for one that is not an object (already reported)."""
+    if not isinstance(value, list) or not value:
+        p.add("csvFormat.columns", _expected("a non-empty array of column objects", value))
+        return []
+    columns: list[dict[str, Any] | None] = []
+    for i, col in enumerate(value):
+        if not isinstance(col, dict):
+            p.add(f"csvFormat.columns[{i}]", _expected("an object", col))
+            columns.append(None)
+            continue
+        heading = col.get("heading")
+        if not isinstance(heading, str) or not heading.strip():
+            p.add(f"csvFormat.columns[{i}].heading", _expected("a non-empty string", heading))
+        columns.append(col)
+    return columns
+
+
 def _row_filters(value: object, p: _Problems) -> list[str]:
     if not isinstance(value, list) or not value:
         p.add(
@@ -290,7 +300,7 @@ def _sort_by(value: object, n_columns: int, p: _Problems) -> list[int]:
             )
         elif not isinstance(idx, int) or isinstance(idx, bool):
             p.add(path, _expected("an integer column index", idx))
-        elif not 0 <= idx < max(n_columns, 1) or n_columns == 0:
+        elif n_columns and not 0 <= idx < n_columns:
             p.add(path, f"column index {idx} is out of range 0..{n_columns - 1}")
         else:
             out.append(idx)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,9 @@ class S3Server:
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         self.running = True
+        # moto keeps its state per process, not per server: start each test from nothing.
+        reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=10).close()
         self.client().create_bucket(Bucket=bucket)
 
     def client(self) -> Any:

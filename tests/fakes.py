@@ -145,6 +145,7 @@ class FakeMetrics:
         self.hold = asyncio.Event()
         self.hold.set()
         self.received = asyncio.Queue[str]()
+        self.answered = asyncio.Queue[str]()  # routes whose answer was sent, in order
         self._batch: list[tuple[ServerConnection, list[str]]] = []
         self.server: Server | None = None
         self.uri = ""
@@ -157,6 +158,7 @@ class FakeMetrics:
         return self
 
     async def stop(self) -> None:
+        self.hold.set()  # a held handler must not keep the server from closing
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -198,6 +200,7 @@ class FakeMetrics:
                 continue
             for f in frames:
                 await ws.send(f)
+            await self.answered.put(data["route"])
 
     async def _send_interleaved(self) -> None:
         batch, self._batch = self._batch, []

@@ -1,0 +1,182 @@
+"""The csv-generator route when things go wrong, and under load. Real worker, fakes, moto S3."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, timedelta
+from typing import Any
+
+from csvgen.frames import Action, encode_action
+from tests.conftest import S3Server, running_exporter
+from tests.fakes import FakeBus, FakeMetrics
+from tests.test_export import download
+from tests.test_plan import L1, seed
+
+
+def request(rid: str, body: dict[str, Any] | None = None) -> str:
+    return encode_action(Action(rid, "external-service/csv-generator", body or seed()))
+
+
+def entries_answer(days: int = 3, entities: tuple[str, ...] = (L1,)) -> dict[str, Any]:
+    start = date(2024, 1, 1)
+    return {
+        "segments": [
+            {
+                "index": f"{start + timedelta(days=d)}T00:00:00.000",
+                "location": e,
+                "entries": 100 + d,
+            }
+            for d in range(days)
+            for e in entities
+        ]
+    }
+
+
+async def test_invalid_body_is_answered_with_every_problem(
+    bus: FakeBus, metrics: FakeMetrics
+) -> None:
+    """A bad body is refused before any metric request runs."""
+    body = seed()
+    body["csvFormat"]["sortBy"] = [{"column": 0}]
+    async with running_exporter(bus, metrics):
+        await bus.send(request("bad", body))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "invalid_request"
+    assert payload["error"]["details"][0]["path"] == "csvFormat.sortBy[0]"
+    assert metrics.requests == []
+
+
+async def test_upstream_error_is_metric_failed(bus: FakeBus, metrics: FakeMetrics) -> None:
+    """An error answer from the Metrics API becomes metric_failed naming the metricId."""
+    metrics.answers.append(
+        ({"route": "entries"}, {"error": {"code": "bad_request", "message": "date-only start"}})
+    )
+    async with running_exporter(bus, metrics):
+        await bus.send(request("up"))
+        _, payload = await bus.reply()
+    assert payload["error"] == {
+        "code": "metric_failed",
+        "status": 502,
+        "message": "metric request 'm' failed: bad_request: date-only start",
+        "details": [],
+    }
+
+
+async def test_upstream_silence_is_metric_timeout(bus: FakeBus, metrics: FakeMetrics) -> None:
+    """No answer within metric_timeout_s: metric_timeout 504; the worker answers the next request."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.hold.clear()
+    async with running_exporter(bus, metrics, metric_timeout_s=0.2):
+        await bus.send(request("slow"))
+        _, payload = await bus.reply()
+        assert (payload["error"]["code"], payload["error"]["status"]) == ("metric_timeout", 504)
+        assert payload["error"]["message"] == "metric request 'm' got no complete answer in 0.2 s"
+        await bus.send('{"action": "external-service", "data": {"id": "next", "route": 1}}')
+        assert (await bus.reply())[0] == "next"
+
+
+async def test_two_records_for_one_cell_is_metric_failed(
+    bus: FakeBus, metrics: FakeMetrics
+) -> None:
+    """Duplicate records for a cell are an upstream inconsistency, never a silent pick."""
+    answer = entries_answer(days=1)
+    answer["segments"].append(dict(answer["segments"][0], entries=999))
+    metrics.answers.append(({"route": "entries"}, answer))
+    async with running_exporter(bus, metrics):
+        await bus.send(request("dup"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "metric_failed"
+    assert payload["error"]["message"] == (
+        f"metric request 'm' failed: two records for one cell (row 2024-01-01/{L1}, column 'Entries')"
+    )
+
+
+async def test_s3_down_is_storage_failed_and_worker_goes_on(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """With S3 stopped the export fails as storage_failed; the worker still answers."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    s3.stop()
+    async with running_exporter(bus, metrics):
+        await bus.send(request("s3"))
+        _, payload = await bus.reply()
+        assert (payload["error"]["code"], payload["error"]["status"]) == ("storage_failed", 502)
+        assert payload["error"]["message"].startswith("upload to bucket 'aura-exports' failed: ")
+        await bus.send(request("s3-again", {"csvFormat": {}}))
+        assert (await bus.reply())[0] == "s3-again"
+
+
+async def test_too_many_rows_is_too_large(bus: FakeBus, metrics: FakeMetrics, s3: S3Server) -> None:
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=5)))
+    async with running_exporter(bus, metrics, max_rows=4):
+        await bus.send(request("big"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "too_large"
+    assert payload["error"]["message"] == "the export has 5 rows; the limit is 4"
+
+
+async def test_same_second_same_owner_gets_new_keys(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """Two exports for one owner in the same (pinned) second never overwrite each other."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    async with running_exporter(bus, metrics):
+        await bus.send(request("k1"))
+        await bus.send(request("k2"))
+        replies = dict([await bus.reply(), await bus.reply()])
+    keys = sorted(r["body"][0]["key"] for r in replies.values())
+    stem = (
+        "exports/64a1b2c3d4e5f6a7b8c9d0e3/2024-04-15T10-15-00"  # no reference data: the entity id
+    )
+    assert keys == [f"{stem}-2.csv", f"{stem}.csv"]
+    listed = s3.client().list_objects_v2(Bucket="aura-exports")["Contents"]
+    assert sorted(o["Key"] for o in listed) == keys
+
+
+async def test_repeat_of_a_finished_id_is_resigned_not_rerun(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """A finished id is answered again with the same object and a working signed URL."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    async with running_exporter(bus, metrics):
+        await bus.send(request("once"))
+        _, first = await bus.reply()
+        runs = len(metrics.requests)
+        await bus.send(request("once"))
+        _, again = await bus.reply()
+    assert len(metrics.requests) == runs
+    a, b = first["body"][0], again["body"][0]
+    assert {k: v for k, v in a.items() if k not in ("signedUrl", "expiresAt")} == {
+        k: v for k, v in b.items() if k not in ("signedUrl", "expiresAt")
+    }
+    assert download(b["signedUrl"]) == download(a["signedUrl"])
+
+
+async def test_big_export_leaves_the_loop_free(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """While a 400k-row export is combined, a ping and a small export are answered first."""
+    locations = tuple(f"{n:024x}" for n in range(1100))
+    big = seed()
+    big["metricRequests"][0]["entities"] = list(locations)
+    small = seed()
+    small["csvFormat"]["columns"][1]["fetchValue"] = "passers_by"
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=365, entities=locations)))
+    metrics.answers.append(
+        (
+            {"route": "passers-by"},
+            {"segments": [{"index": "2024-04-01T00:00:00.000", "location": L1, "passers_by": 7}]},
+        )
+    )
+    async with running_exporter(bus, metrics):
+        await bus.send(request("big", big))
+        assert await metrics.answered.get() == "entries"  # the worker now parses and combines
+        ws = await bus.wait_connections(1)
+        pong = await ws.ping()
+        await bus.send(request("small", small))
+        async with asyncio.timeout(5):
+            latency = await pong
+        first, second = await bus.reply(), await bus.reply()
+    assert latency < 5
+    assert [first[0], second[0]] == ["small", "big"]
+    assert second[1]["body"][0]["rowCount"] == 365 * 1100
