@@ -64,7 +64,7 @@ class MetricsClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ids = itertools.count(1)
-        self._prefix = f"csvgen-{os.getpid()}-{id(self) & 0xFFFF:x}"
+        self._prefix = f"csvgen-{os.getpid()}"
         self._waiting: dict[str, tuple[asyncio.Future[Any], ClientConnection]] = {}
         self._assembler = frames.ReplyAssembler()
         self._ws: ClientConnection | None = None
