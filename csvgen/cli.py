@@ -1,4 +1,4 @@
-"""Command line: ``csvgen run`` (the worker)."""
+"""Command line: ``csvgen run`` (the worker), ``csvgen standin`` and ``csvgen demo``."""
 
 from __future__ import annotations
 
@@ -28,11 +28,32 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in SECRET_ENV:  # argv is visible to every user of the machine
             run.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"overrides {name}")
 
+    standin = commands.add_parser("standin", help="run the local stand-in for the bus, Aura and S3")
+    standin.add_argument("--port", type=int, default=0, help="WebSocket port (default: a free one)")
+    standin.add_argument("--s3-port", type=int, default=0, help="S3 port (default: a free one)")
+    standin.add_argument("--bucket", default="aura-exports", help="the bucket to create")
+    standin.add_argument("--locations", type=int, default=8, help="locations in the data set")
+    standin.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    standin.add_argument(
+        "--part-chars", type=int, default=256 * 1024, help="split answers longer than this"
+    )
+
+    demo = commands.add_parser("demo", help="stand-in + worker + the seed request, end to end")
+    demo.add_argument("--request", metavar="FILE", help="send this request frame (JSON) instead")
+    demo.add_argument("--rows", type=int, default=10, help="CSV rows to print")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "standin":
+        from .standin.server import main as standin_main
+
+        return standin_main(args)
+    if args.command == "demo":
+        from .standin.demo import main as demo_main
+
+        return demo_main(args)
     return _run(args)
 
 

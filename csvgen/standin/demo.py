@@ -1,0 +1,137 @@
+"""`csvgen demo` (`make run`): the whole job on this machine, with no Aura and no AWS.
+
+Starts `csvgen standin` and `csvgen run` as child processes, submits the seed
+page's example request (or ``--request FILE``), prints the reply, downloads the
+CSV through the signed URL, prints its first rows, then stops both children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from ..frames import ReplyAssembler
+
+__all__ = ["SEED_REQUEST", "download", "main", "submit"]
+
+#: The example request of the route's documentation page.
+SEED_REQUEST: dict[str, Any] = {
+    "action": "external-service",
+    "data": {
+        "id": "req-csv-001",
+        "route": "external-service/csv-generator",
+        "body": {
+            "csvFormat": {
+                "columns": [
+                    {"heading": "Date"},
+                    {"heading": "Entries", "metricId": "entries-by-day", "fetchValue": "entries"},
+                ],
+                "sortBy": [0],
+                "rowFilters": ["entity"],
+            },
+            "metricRequests": [
+                {
+                    "metricId": "entries-by-day",
+                    "name": "Entries by day",
+                    "start": "2024-04-01T00:00:00.000Z",
+                    "end": "2024-04-30T23:59:59.000Z",
+                    "entities": ["64a1b2c3d4e5f6a7b8c9d0e3"],
+                    "entityType": "location",
+                    "facets": ["segments"],
+                    "aggregationPeriod": "day",
+                }
+            ],
+        },
+    },
+}
+
+
+async def submit(url: str, frame: dict[str, Any], timeout_s: float = 120.0) -> Any:
+    """Send one request frame to the bus at ``url`` and return its reassembled reply."""
+    assembler = ReplyAssembler()
+    async with asyncio.timeout(timeout_s), connect(url, compression=None, max_size=None) as ws:
+        await ws.send(orjson.dumps(frame).decode())
+        async for message in ws:
+            done = assembler.feed(message if isinstance(message, str) else message.decode())
+            if done is not None:
+                return done[1]
+    raise ConnectionError("the bus closed before the reply came")
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        data: bytes = response.read()
+        return data
+
+
+async def _start_standin() -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "csvgen", "standin", stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        async for raw in proc.stdout:
+            line = raw.decode()
+            if line.startswith("standin-ready "):
+                info: dict[str, Any] = json.loads(line.removeprefix("standin-ready "))
+                return proc, info
+            print(line, end="")
+    raise RuntimeError("the stand-in exited before it was ready")
+
+
+async def _stop(proc: asyncio.subprocess.Process, sig: signal.Signals) -> int:
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        async with asyncio.timeout(30):
+            return await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()
+
+
+async def demo(frame: dict[str, Any], rows: int) -> int:
+    frame = {**frame, "data": {**frame["data"], "id": f"demo-{int(time.time())}"}}
+    standin, info = await _start_standin()
+    worker = None
+    try:
+        print(f"stand-in up: submitting to {info['submit']}")
+        env = {**os.environ, **info["env"]}
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "csvgen", "run", env=env
+        )
+        started = time.monotonic()
+        reply = await submit(info["submit"], frame)
+        print(f"\nreply after {time.monotonic() - started:.2f} s:")
+        print(json.dumps(reply, indent=2))
+        if "body" not in reply:
+            return 1
+        item = reply["body"][0]
+        data = await asyncio.to_thread(download, item["signedUrl"])
+        print(f"\n{item['key']}: {len(data)} bytes, {item['rowCount']} rows; the first {rows}:")
+        lines = data.decode("utf-8-sig").splitlines() if not item["key"].endswith(".gz") else []
+        for line in lines[: rows + 1]:
+            print("  " + line)
+        if len(lines) > rows + 1:
+            print(f"  … {len(lines) - rows - 1} more")
+        return 0
+    finally:
+        if worker is not None:
+            await _stop(worker, signal.SIGTERM)
+        await _stop(standin, signal.SIGINT)
+
+
+def main(args: argparse.Namespace) -> int:
+    frame = orjson.loads(Path(args.request).read_bytes()) if args.request else SEED_REQUEST
+    return asyncio.run(demo(frame, args.rows))
