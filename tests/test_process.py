@@ -3,66 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
-from typing import Any
 
 import pytest
 
-from tests.conftest import AWS_ENV, S3Server
+from tests.conftest import S3Server
 from tests.fakes import FakeBus, FakeMetrics
+from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
 
 TOKEN = "tok-do-not-log-4711"
-
-
-class Worker:
-    """A `python -m csvgen run` child; its stderr is read line by line as it comes."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[str] = []
-        self._new_line = asyncio.Condition()
-
-    async def start(self) -> Worker:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "csvgen",
-            "run",
-            env=self.env,
-            stderr=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            async with self._new_line:
-                self.lines.append(raw.decode().rstrip("\n"))
-                self._new_line.notify_all()
-
-    async def wait_for_line(self, fragment: str) -> None:
-        async with asyncio.timeout(15), self._new_line:
-            await self._new_line.wait_for(lambda: any(fragment in line for line in self.lines))
-
-    async def wait(self) -> int:
-        async with asyncio.timeout(30):
-            status = await self.proc.wait()
-            await self._reader
-        return status
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-def worker_env(**extra: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CSVGEN_", "AWS_"))}
-    return {**env, **AWS_ENV, **extra}
 
 
 async def test_sigterm_drains_then_exits_zero(
@@ -71,14 +22,14 @@ async def test_sigterm_drains_then_exits_zero(
     """SIGTERM mid-export: the export is answered, a new request is refused, close 1001, exit 0."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
     metrics.hold.clear()
-    env = worker_env(
+    env = child_env(
         CSVGEN_BUS_URL=bus.uri,
         CSVGEN_BUS_TOKEN=TOKEN,
         CSVGEN_METRICS_URL=metrics.uri,
         CSVGEN_LOG_LEVEL="DEBUG",
         AWS_ENDPOINT_URL_S3=s3.endpoint,
     )
-    worker = await Worker(env).start()
+    worker = await Child("run", env=env).start()
     try:
         await bus.send(request("slow"))
         assert await metrics.received.get() in ("entries", "detail/list")
@@ -92,7 +43,7 @@ async def test_sigterm_drains_then_exits_zero(
         assert rid == "slow" and payload["body"][0]["rowCount"] == 3
         assert await worker.wait() == 0
     finally:
-        worker.kill()
+        await worker.kill()
     await bus.wait_closed(1)
     assert bus.close_codes == [1001]
     assert bus.tokens == [TOKEN] and metrics.tokens == [TOKEN]
@@ -106,8 +57,8 @@ async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> 
     """A second SIGINT while draining ends the process at once with status 1."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
     metrics.hold.clear()
-    env = worker_env(CSVGEN_BUS_URL=bus.uri, CSVGEN_METRICS_URL=metrics.uri)
-    worker = await Worker(env).start()
+    env = child_env(CSVGEN_BUS_URL=bus.uri, CSVGEN_METRICS_URL=metrics.uri)
+    worker = await Child("run", env=env).start()
     try:
         await bus.send(request("stuck"))
         await metrics.received.get()
@@ -116,7 +67,7 @@ async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> 
         worker.proc.send_signal(signal.SIGINT)
         assert await worker.wait() == 1
     finally:
-        worker.kill()
+        await worker.kill()
     assert any("second SIGINT: forcing exit" in line for line in worker.lines)
 
 
@@ -135,11 +86,11 @@ async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> 
 )
 async def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
     """Bad configuration: exit status 2 and one clear line on stderr."""
-    worker = await Worker(worker_env(**env)).start()
+    worker = await Child("run", env=child_env(**env)).start()
     try:
         assert await worker.wait() == 2
     finally:
-        worker.kill()
+        await worker.kill()
     assert worker.lines == [message]
 
 
@@ -152,7 +103,7 @@ async def test_flags_override_the_environment() -> None:
         "run",
         "--max-rows",
         "-1",
-        env=worker_env(CSVGEN_BUS_URL="ws://127.0.0.1:9", CSVGEN_MAX_ROWS="5"),
+        env=child_env(CSVGEN_BUS_URL="ws://127.0.0.1:9", CSVGEN_MAX_ROWS="5"),
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
