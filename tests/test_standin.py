@@ -153,15 +153,15 @@ async def test_hourly_export_in_many_parts(stack: Stack) -> None:
 
 
 async def test_bad_metric_body_is_metric_failed(stack: Stack) -> None:
-    """The stand-in refuses passers-by by age; the worker replies metric_failed."""
+    """The stand-in refuses store occupancy by age; the worker replies metric_failed."""
     await stack.add_worker()
     body = copy.deepcopy(SEED_REQUEST["data"]["body"])
     body["csvFormat"]["rowFilters"] = ["entity", "age"]
-    body["csvFormat"]["columns"][1]["fetchValue"] = "passers_by"
+    body["csvFormat"]["columns"][1]["fetchValue"] = "area_max_occupancy"
     reply, _ = await stack.export("bad", body)
     assert reply["error"]["code"] == "metric_failed"
     assert reply["error"]["message"] == (
-        "metric request 'entries-by-day' failed: bad_request: passers-by cannot be broken down by age"
+        "metric request 'entries-by-day' failed: bad_request: max-occupancy cannot be broken down by age"
     )
 
 

@@ -3,7 +3,8 @@
 It enforces the documented rules a worker must respect, with error answers
 (``{"error": {"code", "message"}}``): full ISO dates with a zone, known routes,
 sales and uptime routes broken down by ``["entity"]`` only, demographics on
-``entries`` only, taxonomy on ``entries`` and area routes. Its own limits, also
+the routes that count people (entries, passers-by, capture rate), taxonomy on
+``entries`` and area routes. Its own limits, also
 error answers: ``entityType`` must be ``location`` and the breakdown must include
 ``entity``. Start and end are read as UTC and used as the stores' local times.
 """
@@ -23,6 +24,8 @@ __all__ = ["MetricsAPI", "StandinError"]
 PERIODS = ("hour", "day", "week", "month", "year")
 SALES = ("transactions/data", "transactions/conversion-rate")
 AREA = ("area/max-occupancy", "area/average-occupancy", "area/utilisation")
+#: Routes that count people, so they split by age, gender and role.
+DEMOGRAPHIC = ("entries", "passers-by", "capture-rate")
 ROUTES = ("entries", "passers-by", "capture-rate", "max-occupancy", "uptime", *SALES, *AREA)
 UNITS = {
     "entries": {"entries": "peopleCount"},
@@ -175,12 +178,18 @@ class MetricsAPI:
             yield {**base, **self._values(route, loc, totals)}
             return
         shares = [share for _, share, _ in slices]
-        counts = apportion(totals.entries, shares) if route == "entries" else None
+        counted = route in DEMOGRAPHIC
+        entries = apportion(totals.entries, shares) if counted else []
+        passers = apportion(totals.passers_by, shares) if counted else []
         for n, (labels, share, asked) in enumerate(slices):
             if not asked:
                 continue
-            if counts is not None:
-                values: dict[str, Any] = {"entries": counts[n] if totals.open_hours else None}
+            if counted:
+                # People are counted into slices whole, so the slices sum to the total.
+                part = Totals(
+                    entries=entries[n], passers_by=passers[n], open_hours=totals.open_hours
+                )
+                values = self._values(route, loc, part)
             else:
                 values = self._values(route, loc, totals, share)
             yield {**base, **labels, **values}
@@ -260,7 +269,7 @@ def _breakdown(route: str, value: Any) -> list[str]:
     if "entity" not in dims:
         raise StandinError("unsupported", "the stand-in needs 'entity' in breakdownByDimensions")
     for dim in dims:
-        if dim in ("age", "gender", "role") and route != "entries":
+        if dim in ("age", "gender", "role") and route not in DEMOGRAPHIC:
             raise StandinError("bad_request", f"{route} cannot be broken down by {dim}")
         if dim == "taxonomy" and route not in ("entries", *AREA):
             raise StandinError("bad_request", f"{route} cannot be broken down by taxonomy")
