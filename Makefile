@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/python -m csvgen demo $(if $(REQUEST),--request $(REQUEST))
 
 lint: $(STAMP)
-	$(BIN)/ruff check csvgen tests
-	$(BIN)/ruff format --check csvgen tests
+	$(BIN)/ruff check csvgen tests bench
+	$(BIN)/ruff format --check csvgen tests bench
 	$(BIN)/mypy
 
 types: $(STAMP)
@@ -32,10 +32,14 @@ test: lint
 	PYTHONWARNINGS=default $(BIN)/pytest
 
 format: $(STAMP)
-	$(BIN)/ruff format csvgen tests
-	$(BIN)/ruff check --fix csvgen tests
+	$(BIN)/ruff format csvgen tests bench
+	$(BIN)/ruff check --fix csvgen tests bench
 
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 clean:

@@ -1,10 +1,11 @@
 """The ``external-service/csv-generator`` route: orchestration only.
 
-validate and plan (plan.py) → run the metric requests concurrently (metrics.py)
-→ combine and sort (combine.py) → write the CSV to a temporary file
+validate and plan (plan.py) → run the metric requests concurrently (metrics.py),
+reading each answer into a frame as soon as it is complete (answers.py) →
+combine and sort (combine.py) → write the CSV to a temporary file
 (csvwrite.py) → upload under a fresh key and sign a URL (storage.py) → reply.
-CPU-heavy steps run in a worker thread so the event loop keeps serving the bus
-(pings, other requests) meanwhile.
+CPU-heavy steps run in worker threads (polars releases the GIL), so the event
+loop keeps serving the bus (pings, other requests) meanwhile.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .combine import Table, combine
+import orjson
+import polars as pl
+
+from .answers import Schema, to_frame
+from .combine import combine, fields_read
 from .config import Settings
-from .csvwrite import WriteResult, dialect_named, write_csv
+from .csvwrite import DIALECTS, WriteResult, write_csv
 from .errors import MetricFailed, MetricTimeout, ReplyError, TooLarge
 from .frames import Action
 from .metrics import UpstreamError
@@ -37,8 +42,14 @@ GZIP_CONTENT_TYPE = "application/gzip"
 REFERENCE_TTL_S = 3600.0
 
 
+#: Answers read into frames at once: each read is memory-hungry, and there are two cores.
+PARALLEL_READS = 2
+
+
 class MetricsSource(Protocol):
     async def request(self, action: str, route: str, body: dict[str, Any]) -> Any: ...
+
+    async def request_raw(self, action: str, route: str, body: dict[str, Any]) -> bytes: ...
 
 
 class CsvExport:
@@ -55,20 +66,26 @@ class CsvExport:
         self.storage = storage
         self.now = now
         self._references: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._reads = asyncio.Semaphore(PARALLEL_READS)
 
     async def handle(self, action: Action) -> dict[str, Any]:
         plan = make_plan(action.body)
         started = self.now()
+        clock = _Stages()
         answers, names, owner = await self._gather(plan)
+        clock.lap("fetch")
         table = await asyncio.to_thread(
             combine, plan, answers, names, max_rows=self.settings.max_rows
         )
+        del answers
+        clock.lap("combine")
         stem = f"{self.settings.key_prefix}/{_safe(owner)}/{started:%Y-%m-%dT%H-%M-%S}"
         extension = ".csv.gz" if plan.gzip else ".csv"
         content_type = GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
         name = plan.metrics[0].name if plan.metrics else ""
         with tempfile.TemporaryFile(prefix="csvgen-") as f:
             written = await asyncio.to_thread(_write, plan, table, f)
+            clock.lap("write")
             if written.size > self.settings.max_bytes:
                 raise TooLarge(
                     f"the export is {written.size} bytes; the limit is {self.settings.max_bytes}"
@@ -82,11 +99,13 @@ class CsvExport:
                 disposition=content_disposition(name, extension),
                 metadata={
                     "request-id": action.id,
-                    "row-count": str(len(table)),
+                    "row-count": str(table.height),
                     "sha256": written.sha256,
                 },
             )
         url, expires_at = self.storage.presign(stored.key, self.settings.url_expires_s)
+        clock.lap("upload")
+        logger.info("stages id=%s %s", action.id, clock)
         return {
             "body": [
                 {
@@ -94,7 +113,7 @@ class CsvExport:
                     "key": stored.key,
                     "signedUrl": url,
                     "expiresAt": expires_at,
-                    "rowCount": len(table),
+                    "rowCount": table.height,
                     "sizeBytes": written.size,
                     "sha256": written.sha256,
                     "contentType": content_type,
@@ -118,29 +137,47 @@ class CsvExport:
 
     # -- upstream ----------------------------------------------------------------
 
-    async def _gather(self, plan: ExportPlan) -> tuple[list[Any], dict[str, str], str]:
-        """Run every metric request (bounded) and the reference lookup at once."""
+    async def _gather(self, plan: ExportPlan) -> tuple[list[pl.DataFrame], dict[str, str], str]:
+        """Run the metric requests (bounded) and the reference lookup at once.
+
+        Metric requests with the same route and upstream body are sent once.
+        """
         limit = asyncio.Semaphore(self.settings.max_metric_concurrency)
+        facet = "segments" if plan.dated else "summary"
 
-        async def one(metric: MetricPlan) -> Any:
+        async def one(metric: MetricPlan, fields: Schema | None) -> pl.DataFrame:
             async with limit:
-                return await self._metric(metric)
+                data = await self._metric(metric)
+            async with self._reads:
+                try:
+                    return await asyncio.to_thread(to_frame, data, facet, fields)
+                except UpstreamError as exc:
+                    raise MetricFailed(metric.metric_id, exc.message) from None
 
+        same: dict[bytes, list[MetricPlan]] = {}
+        for m in plan.metrics:
+            same.setdefault(
+                orjson.dumps([m.route, m.body], option=orjson.OPT_SORT_KEYS), []
+            ).append(m)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(one(m)) for m in plan.metrics]
+                task_of: dict[str, asyncio.Task[pl.DataFrame]] = {}
+                for metrics in same.values():
+                    task = tg.create_task(one(metrics[0], _union(plan, metrics)))
+                    task_of.update((m.metric_id, task) for m in metrics)
                 refs = tg.create_task(self._reference_data(plan))
         except ExceptionGroup as group:
             raise _first(group.exceptions) from None
         found = refs.result()
         names = {eid: str(r["name"]) for eid, r in found.items() if "name" in r}
-        return [t.result() for t in tasks], names, _owner(plan.metrics[0], found)
+        frames = [task_of[m.metric_id].result() for m in plan.metrics]
+        return frames, names, _owner(plan.metrics[0], found)
 
-    async def _metric(self, metric: MetricPlan) -> Any:
+    async def _metric(self, metric: MetricPlan) -> bytes:
         timeout = self.settings.metric_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await self.metrics.request("metric", metric.route, metric.body)
+                return await self.metrics.request_raw("metric", metric.route, metric.body)
         except TimeoutError:
             raise MetricTimeout(metric.metric_id, timeout) from None
         except UpstreamError as exc:
@@ -193,6 +230,17 @@ class CsvExport:
         return found
 
 
+def _union(plan: ExportPlan, metrics: list[MetricPlan]) -> Schema | None:
+    """The fields all of ``metrics`` read from their one shared answer (None: infer them)."""
+    union: dict[str, Any] = {}
+    for metric in metrics:
+        fields = fields_read(plan, metric)
+        if fields is None:
+            return None
+        union.update(fields)
+    return union
+
+
 def _owner(metric: MetricPlan, found: dict[str, dict[str, Any]]) -> str:
     """The organisation of the first entity, else that entity's id (SPEC §5)."""
     first = metric.entities[0]
@@ -202,10 +250,25 @@ def _owner(metric: MetricPlan, found: dict[str, dict[str, Any]]) -> str:
     return org if isinstance(org, str) and org else first
 
 
-def _write(plan: ExportPlan, table: Table, f: Any) -> WriteResult:
-    result = write_csv(
-        table.headings, table.rows, f, dialect=dialect_named(plan.dialect), compress=plan.gzip
-    )
+class _Stages:
+    """Wall time per stage of one export, for the log (and `make bench`)."""
+
+    def __init__(self) -> None:
+        self.laps: list[tuple[str, float]] = []
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={seconds:.3f}s" for name, seconds in self.laps)
+
+
+def _write(plan: ExportPlan, table: pl.DataFrame, f: Any) -> WriteResult:
+    headings = [c.heading for c in plan.columns]
+    result = write_csv(headings, table, f, dialect=DIALECTS[plan.dialect], compress=plan.gzip)
     f.flush()
     return result
 

@@ -142,26 +142,32 @@ class PartError(ValueError):
         super().__init__(message)
 
 
-def parse_part(text: str) -> tuple[str, int, int, str]:
-    """Split one framed answer into ``(id, partNum, totalParts, json_text)``.
+def parse_part(frame: str | bytes) -> tuple[str, int, int, bytes]:
+    """Split one framed answer into ``(id, partNum, totalParts, json_bytes)``.
 
     Only the first three ``|`` separate fields, so a ``|`` in the JSON is left alone.
     """
-    fields = text.split("|", 3)
+    data = frame.encode() if isinstance(frame, str) else frame
+    fields = data.split(b"|", 3)
     if len(fields) != 4:
         raise PartError("not a framed answer: expected id|part|total|json")
-    rid, part, total, body = fields
+    raw_id, part, total, body = fields
+    rid = raw_id.decode(errors="replace")
     if not rid:
         raise PartError("empty id in framed answer")
     if not (part.isdigit() and total.isdigit()):
-        raise PartError(f"part numbers must be non-negative integers, got {part!r}|{total!r}", rid)
+        raise PartError(
+            f"part numbers must be non-negative integers, got {part.decode(errors='replace')!r}|"
+            f"{total.decode(errors='replace')!r}",
+            rid,
+        )
     return rid, int(part), int(total), body
 
 
 @dataclass(slots=True)
 class _Pending:
     total: int
-    parts: dict[int, str] = field(default_factory=dict)
+    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 class ReplyAssembler:
@@ -175,16 +181,21 @@ class ReplyAssembler:
     def __init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
 
-    def feed(self, text: str) -> tuple[str, Any] | None:
+    def feed(self, frame: str | bytes) -> tuple[str, Any] | None:
         """Take one frame; return ``(id, parsed JSON)`` when its answer is complete."""
-        rid, part, total, body = parse_part(text)
+        done = self.feed_raw(frame)
+        return None if done is None else (done[0], _loads(done[0], done[1]))
+
+    def feed_raw(self, frame: str | bytes) -> tuple[str, bytes] | None:
+        """Take one frame; return ``(id, JSON bytes)`` when its answer is complete."""
+        rid, part, total, body = parse_part(frame)
         if total <= 1:
             if rid in self._pending:
                 del self._pending[rid]
                 raise PartError(f"single-part frame for {rid!r} while its parts were arriving", rid)
             if part > 1:
                 raise PartError(f"part {part} of a single-part answer", rid)
-            return rid, _loads(rid, body)
+            return rid, body
         pending = self._pending.setdefault(rid, _Pending(total))
         try:
             if pending.total != total:
@@ -207,7 +218,7 @@ class ReplyAssembler:
             raise PartError(
                 f"answer {rid!r} has parts {numbers}, expected 0..{total - 1} or 1..{total}", rid
             )
-        return rid, _loads(rid, "".join(pending.parts[n] for n in numbers))
+        return rid, b"".join(pending.parts[n] for n in numbers)
 
     def forget(self, rid: str) -> None:
         """Drop the parts received so far for ``rid`` (its request timed out)."""
@@ -217,7 +228,7 @@ class ReplyAssembler:
         return iter(list(self._pending))
 
 
-def _loads(rid: str, text: str) -> Any:
+def _loads(rid: str, text: bytes) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:

@@ -22,6 +22,7 @@ import logging
 import os
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -65,7 +66,7 @@ class MetricsClient:
         self.settings = settings
         self._ids = itertools.count(1)
         self._prefix = f"csvgen-{os.getpid()}"
-        self._waiting: dict[str, tuple[asyncio.Future[Any], ClientConnection]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[bytes], ClientConnection]] = {}
         self._assembler = frames.ReplyAssembler()
         self._ws: ClientConnection | None = None
         self._up = asyncio.Event()
@@ -86,11 +87,30 @@ class MetricsClient:
                 await self._task
 
     async def request(self, action: str, route: str, body: dict[str, Any]) -> Any:
-        """Send one request and return its parsed answer.
+        """Send one request and return its parsed answer (for small answers: detail/list).
 
         Raises:
-            UpstreamError: an error answer, a broken answer, or the connection was
-                lost ``MAX_ATTEMPTS`` times.
+            UpstreamError: an error answer, an answer that is not JSON, or see
+                :meth:`request_raw`.
+        """
+        data = await self.request_raw(action, route, body)
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"the answer is not JSON: {exc}") from None
+        message = error_message(answer)
+        if message is not None:
+            raise UpstreamError(message)
+        return answer
+
+    async def request_raw(self, action: str, route: str, body: dict[str, Any]) -> bytes:
+        """Send one request and return its answer's JSON bytes, unparsed.
+
+        Big answers are parsed off the event loop by the caller (csvgen.answers).
+
+        Raises:
+            UpstreamError: a broken multi-part answer, or the connection was lost
+                ``MAX_ATTEMPTS`` times.
             TimeoutError: from the caller's ``asyncio.timeout``.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -98,21 +118,17 @@ class MetricsClient:
             ws = self._ws
             assert ws is not None
             rid = f"{self._prefix}-{next(self._ids)}"
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._waiting[rid] = (future, ws)
             try:
                 await ws.send(frames.encode_action(frames.Action(rid, route, body, action=action)))
-                answer = await future
+                return await future
             except (ConnectionClosed, _ConnectionLost):
                 logger.warning("metrics link lost during %s (attempt %d)", route, attempt)
                 continue
             finally:
                 self._waiting.pop(rid, None)
                 self._assembler.forget(rid)
-            message = error_message(answer)
-            if message is not None:
-                raise UpstreamError(message)
-            return answer
         raise UpstreamError(f"the metrics connection was lost {MAX_ATTEMPTS} times")
 
     async def _run(self) -> None:
@@ -123,8 +139,8 @@ class MetricsClient:
             self._ws = ws
             self._up.set()
             try:
-                async for message in ws:
-                    self._on_frame(message)
+                while True:  # bytes, not str: answers are not decoded, only cut and parsed
+                    self._on_frame(await ws.recv(decode=False))
             except ConnectionClosed:
                 pass
             finally:
@@ -136,9 +152,8 @@ class MetricsClient:
             logger.warning("lost the metrics connection; reconnecting")
 
     def _on_frame(self, message: str | bytes) -> None:
-        text = message.decode() if isinstance(message, bytes) else message
         try:
-            done = self._assembler.feed(text)
+            done = self._assembler.feed_raw(message)
         except frames.PartError as exc:
             if exc.rid is not None:
                 self._settle(exc.rid, error=UpstreamError(f"broken answer: {exc}"))
@@ -148,7 +163,7 @@ class MetricsClient:
         if done is not None:
             self._settle(done[0], result=done[1])
 
-    def _settle(self, rid: str, *, result: Any = None, error: Exception | None = None) -> None:
+    def _settle(self, rid: str, *, result: bytes = b"", error: Exception | None = None) -> None:
         entry = self._waiting.get(rid)
         if entry is None or entry[0].done():
             logger.debug("answer for unknown or finished request %s", rid)

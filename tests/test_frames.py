@@ -145,7 +145,7 @@ def test_reject_broken_multipart(frames: list[str], message: str) -> None:
 
 def test_parse_part_leaves_pipes_in_json() -> None:
     """Only the first three pipes separate fields."""
-    assert parse_part('id|1|3|{"a":"|"}') == ("id", 1, 3, '{"a":"|"}')
+    assert parse_part('id|1|3|{"a":"|"}') == ("id", 1, 3, b'{"a":"|"}')
 
 
 def test_reject_zero_part_limit() -> None:

@@ -53,10 +53,10 @@ class _Interleaver:
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
-        self.queues: dict[str, collections.deque[str]] = {}
+        self.queues: dict[str, collections.deque[str | bytes]] = {}
         self.wake = asyncio.Event()
 
-    def add(self, rid: str, frames: list[str]) -> None:
+    def add(self, rid: str, frames: list[str] | list[bytes]) -> None:
         self.queues.setdefault(rid, collections.deque()).extend(frames)
         self.wake.set()
 
@@ -67,7 +67,7 @@ class _Interleaver:
             while self.queues:
                 for rid in list(self.queues):
                     queue = self.queues[rid]
-                    await self.ws.send(queue.popleft())
+                    await self.ws.send(queue.popleft(), text=True)
                     if not queue:
                         del self.queues[rid]
 
@@ -75,12 +75,12 @@ class _Interleaver:
 class Standin:
     def __init__(
         self,
-        data: DataSet,
+        data: DataSet | None = None,
         *,
         part_chars: int = DEFAULT_PART_CHARS,
         latency_s: float = 0.0,
     ) -> None:
-        self.api = MetricsAPI(data)
+        self.api = MetricsAPI(data or DataSet())
         self.part_chars = part_chars
         self.latency_s = latency_s
         self.server: Server | None = None
@@ -123,6 +123,7 @@ class Standin:
         sender = asyncio.create_task(interleaver.run())
         if path == "/bus":
             self.workers.append(ws)
+            self.on_worker(ws)
             self._flush_waiting()
         try:
             async for message in ws:
@@ -138,6 +139,9 @@ class Standin:
             if ws in self.workers:
                 self.workers.remove(ws)
                 del self.outstanding[ws]
+
+    def on_worker(self, ws: ServerConnection) -> None:
+        """A worker connected (a hook for subclasses)."""
 
     # -- the bus -------------------------------------------------------------------
 
@@ -196,12 +200,13 @@ class Standin:
     async def _answer(self, out: _Interleaver, rid: str, action: str, data: dict[str, Any]) -> None:
         route, body = data.get("route"), data.get("body")
         # Computing a large answer takes a while: keep the other connections served.
-        frames = await asyncio.to_thread(self._frames, rid, action, route, body)
+        frames = await asyncio.to_thread(self.frames, rid, action, route, body)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         out.add(rid, frames)
 
-    def _frames(self, rid: str, action: str, route: Any, body: Any) -> list[str]:
+    def frames(self, rid: str, action: str, route: Any, body: Any) -> list[str] | list[bytes]:
+        """The frames that answer one request (runs in a thread)."""
         answer = self.api.answer(action, str(route), body)
         return encode_reply(rid, answer, max_part_chars=self.part_chars)
 

@@ -1,0 +1,1 @@
+"""`make bench`: csvgen's speed and memory, measured against a pandas baseline."""

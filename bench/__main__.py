@@ -1,0 +1,328 @@
+"""`make bench`: every case several times in fresh processes; medians with min–max.
+
+Cases (bench/README.md says what each means):
+  big          1,000 locations × 365 days, 5 metric requests, ~2.2M rows; csvgen vs pandas
+  small        the seed example 200 times: csvgen's own overhead per export
+  concurrency  20 medium exports at once vs one after another, answers delayed 500 ms
+
+Results go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.cases import DATA_DIR, ensure_data
+from csvgen.standin.demo import submit
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+#: For working on one case: BENCH_CASES=big (the report then shows only what ran).
+CASES = os.environ.get("BENCH_CASES", "big,small,concurrency").split(",")
+ROOT = Path(__file__).parent.parent
+
+
+class Proc:
+    """A child process whose stdout/stderr lines are collected."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env
+        self.lines: list[str] = []
+        self.changed = asyncio.Condition()
+
+    async def start(self) -> Proc:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, env=self.env, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            async with self.changed:
+                self.lines.append(raw.decode().rstrip())
+                self.changed.notify_all()
+
+    async def line(self, pattern: str, after: int = 0, within: float = 120) -> str:
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            return next((ln for ln in self.lines[after:] if regex.search(ln)), None)
+
+        async with asyncio.timeout(within), self.changed:
+            await self.changed.wait_for(lambda: found() is not None)
+        return found() or ""
+
+    def peak_rss(self) -> int:
+        """VmHWM: the peak resident set size of the process so far, in bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        async with asyncio.timeout(90):
+            await self.proc.wait()
+            await self.reader
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def shown(s: dict[str, float], unit: str = "s", scale: float = 1.0) -> str:
+    return f"{s['median'] * scale:.3f} {unit} ({s['min'] * scale:.3f}–{s['max'] * scale:.3f})"
+
+
+async def replay(case: str, latency_ms: float = 0) -> tuple[Proc, dict[str, Any]]:
+    proc = await Proc(sys.executable, "-m", "bench.replay", str(DATA_DIR / case),
+                      "--latency-ms", str(latency_ms)).start()  # fmt: skip
+    line = await proc.line("^replay-ready ")
+    return proc, json.loads(line.removeprefix("replay-ready "))
+
+
+async def worker(info: dict[str, Any], **settings: str) -> Proc:
+    env = {**os.environ, **info["env"], **settings}
+    proc = await Proc(sys.executable, "-m", "csvgen", "run", env=env).start()
+    await proc.line("connected to the bus")
+    await proc.line("connected to the metrics API")
+    return proc
+
+
+def frame(rid: str, body: dict[str, Any]) -> dict[str, Any]:
+    data = {"id": rid, "route": "external-service/csv-generator", "body": body}
+    return {"action": "external-service", "data": data}
+
+
+def request(case: str, n: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads((DATA_DIR / case / f"request-{n}.json").read_bytes())
+    return body
+
+
+async def stats(info: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await submit(
+        info["submit"], {"action": "bench-stats", "data": {"id": "s"}}
+    )
+    return result
+
+
+STAGES = re.compile(r"stages id=(\S+) (.*)")
+
+
+def stages_of(proc: Proc, rid: str) -> dict[str, float]:
+    for line in proc.lines:
+        m = STAGES.search(line)
+        if m and m.group(1) == rid:
+            return {
+                k: float(v.rstrip("s")) for k, v in (kv.split("=") for kv in m.group(2).split())
+            }
+    return {}
+
+
+async def big_case() -> dict[str, Any]:
+    print("big export: 1,000 locations × 365 days, 5 metric requests", flush=True)
+    server, info = await replay("big")
+    runs: list[dict[str, Any]] = []
+    try:
+        for n in range(RUNS):
+            w = await worker(info)
+            rid = f"big-{n}"
+            started = time.perf_counter()
+            reply = await submit(info["submit"], frame(rid, request("big")), timeout_s=600)
+            seconds = time.perf_counter() - started
+            item = reply["body"][0]
+            await w.line(f"stages id={rid} ")
+            runs.append({"seconds": seconds, "peak_rss": w.peak_rss(), "rows": item["rowCount"],
+                         "bytes": item["sizeBytes"], "stages": stages_of(w, rid)})  # fmt: skip
+            await w.stop()
+            print(f"  csvgen run {n + 1}: {seconds:.2f} s, {runs[-1]['peak_rss'] / 1e9:.2f} GB, "
+                  f"{item['rowCount']} rows", flush=True)  # fmt: skip
+        baseline = []
+        endpoint = info["env"]["AWS_ENDPOINT_URL_S3"]
+        for n in range(RUNS):
+            env = {**os.environ, **info["env"]}
+            base = await Proc(sys.executable, "-m", "bench.baseline", str(DATA_DIR / "big"),
+                              str(DATA_DIR / "big" / "request-0.json"), endpoint, "aura-exports",
+                              env=env).start()  # fmt: skip
+            line = await base.line(r'^\{"seconds"', within=900)
+            await base.stop()
+            baseline.append(json.loads(line))
+            print(f"  pandas run {n + 1}: {baseline[-1]['seconds']:.2f} s, "
+                  f"{baseline[-1]['peak_rss'] / 1e9:.2f} GB", flush=True)  # fmt: skip
+    finally:
+        await server.stop()
+    ours = summary([r["seconds"] for r in runs])
+    theirs = summary([b["seconds"] for b in baseline])
+    rss, base_rss = (
+        summary([r["peak_rss"] for r in runs]),
+        summary([b["peak_rss"] for b in baseline]),
+    )
+    stage_names = list(runs[0]["stages"])
+    return {
+        "rows": runs[0]["rows"], "bytes": runs[0]["bytes"],
+        "csvgen_seconds": ours, "pandas_seconds": theirs,
+        "csvgen_peak_rss": rss, "pandas_peak_rss": base_rss,
+        "stages": {s: summary([r["stages"][s] for r in runs]) for s in stage_names},
+        "speedup": theirs["median"] / ours["median"],
+        "rss_ratio": rss["median"] / base_rss["median"],
+    }  # fmt: skip
+
+
+async def small_case() -> dict[str, Any]:
+    print("small export: the seed example, 200 times", flush=True)
+    server, info = await replay("small")
+    try:
+        w = await worker(info)
+        body = request("small")
+        totals, answers = [], []
+        metric = {"action": "metric", "data": {"id": "m", "route": "entries", "body": None}}
+        from csvgen.plan import make_plan
+
+        metric["data"]["body"] = make_plan(body).metrics[0].body
+        for n in range(200):
+            started = time.perf_counter()
+            await submit(info["submit"], frame(f"small-{n}", body))
+            totals.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await submit(info["submit"], {**metric, "data": {**metric["data"], "id": f"m{n}"}})
+            answers.append(time.perf_counter() - started)
+        await w.stop()
+    finally:
+        await server.stop()
+    overhead = [t - statistics.median(answers) for t in totals]
+    overhead.sort()
+    return {
+        "total": summary(totals), "answer": summary(answers),
+        "overhead_median": statistics.median(overhead),
+        "overhead_p99": overhead[int(len(overhead) * 0.99) - 1],
+    }  # fmt: skip
+
+
+async def timed(info: dict[str, Any], rid: str, body: dict[str, Any], into: list[float]) -> None:
+    """One export; its latency goes into ``into``."""
+    started = time.perf_counter()
+    reply = await submit(info["submit"], frame(rid, body), timeout_s=600)
+    if "body" not in reply:
+        raise RuntimeError(f"{rid} failed: {reply}")
+    into.append(time.perf_counter() - started)
+
+
+async def concurrency_case() -> dict[str, Any]:
+    print(
+        "concurrency: 20 medium exports (50 locations × 365 days, 3 metrics, 500 ms answers)",
+        flush=True,
+    )
+    server, info = await replay("medium", latency_ms=500)
+    result: dict[str, Any] = {}
+    try:
+        w = await worker(info)
+        bodies = [request("medium", n) for n in range(20)]
+        for mode in ("sequential", "concurrent"):
+            await stats(info)
+            latencies: list[float] = []
+            started = time.perf_counter()
+            if mode == "sequential":
+                for n, body in enumerate(bodies):
+                    await timed(info, f"{mode}-{n}", body, latencies)
+            else:
+                await asyncio.gather(
+                    *(timed(info, f"{mode}-{n}", b, latencies) for n, b in enumerate(bodies))
+                )
+            total = time.perf_counter() - started
+            pings = await stats(info)
+            latencies.sort()
+            result[mode] = {
+                "total": total, "p50": statistics.median(latencies), "p99": latencies[-1],
+                "pings": pings["pings"], "max_ping_rtt": pings["max_rtt"],
+            }  # fmt: skip
+            print(f"  {mode}: {total:.2f} s", flush=True)
+        lost = sum("lost the bus connection" in ln for ln in w.lines)
+        await w.stop()
+    finally:
+        await server.stop()
+    result["ratio"] = result["concurrent"]["total"] / result["sequential"]["total"]
+    result["missed_keepalive"] = (
+        lost > 0 or max(result[m]["max_ping_rtt"] for m in ("sequential", "concurrent")) >= 20.0
+    )
+    return result
+
+
+def report(results: dict[str, Any]) -> None:
+    print()
+    if "big" in results:
+        report_big(results["big"])
+    if "small" in results:
+        report_small(results["small"])
+    if "concurrency" in results:
+        report_concurrency(results["concurrency"])
+
+
+def report_big(big: dict[str, Any]) -> None:
+    print(
+        f"big export ({big['rows']:,} rows, {big['bytes'] / 1e6:.0f} MB), "
+        f"{RUNS} runs, median (min–max):"
+    )
+    print(f"  csvgen end to end   {shown(big['csvgen_seconds'])}, peak RSS "
+          f"{shown(big['csvgen_peak_rss'], 'GB', 1e-9)}")  # fmt: skip
+    for stage, s in big["stages"].items():
+        print(f"    {stage:<18}{shown(s)}")
+    print(f"  pandas baseline     {shown(big['pandas_seconds'])}, peak RSS "
+          f"{shown(big['pandas_peak_rss'], 'GB', 1e-9)}")  # fmt: skip
+    print(f"  csvgen is {big['speedup']:.2f}× faster (target ≥ 3), "
+          f"its peak RSS is {big['rss_ratio']:.2f}× pandas' (target ≤ 0.75)")  # fmt: skip
+
+
+def report_small(small: dict[str, Any]) -> None:
+    print("small export (30 rows), 200 runs:")
+    print(
+        f"  total {shown(small['total'], 'ms', 1e3)}; "
+        f"stand-in answer {shown(small['answer'], 'ms', 1e3)}"
+    )
+    print(f"  csvgen's own overhead: median {small['overhead_median'] * 1e3:.1f} ms (target < 20), "
+          f"p99 {small['overhead_p99'] * 1e3:.1f} ms")  # fmt: skip
+
+
+def report_concurrency(conc: dict[str, Any]) -> None:
+    print("concurrency (20 medium exports, answers delayed 500 ms):")
+    for mode in ("sequential", "concurrent"):
+        m = conc[mode]
+        print(f"  {mode:<11} total {m['total']:.2f} s, p50 {m['p50']:.2f} s, p99 {m['p99']:.2f} s, "
+              f"{m['pings']} pings, slowest pong {m['max_ping_rtt'] * 1e3:.0f} ms")  # fmt: skip
+    print(f"  at once / one after another = {conc['ratio']:.2f} (target ≤ 0.4); "
+          f"missed keepalive: {'yes' if conc['missed_keepalive'] else 'no'}")  # fmt: skip
+
+
+async def main() -> None:
+    started = time.perf_counter()
+    ensure_data()
+    cases = {"big": big_case, "small": small_case, "concurrency": concurrency_case}
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": RUNS,
+    }
+    for name in CASES:
+        results[name] = await cases[name]()
+    results["seconds"] = time.perf_counter() - started
+    RESULTS.mkdir(exist_ok=True)
+    if CASES != ["big", "small", "concurrency"]:
+        return report(results)  # a partial run does not replace the latest full figures
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    report(results)
+    print(f"\n(make bench took {results['seconds']:.0f} s; results in bench/results/latest.json)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

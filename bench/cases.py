@@ -1,0 +1,119 @@
+"""The benchmark's requests, and their metric answers generated once from the stand-in's data set.
+
+Answers are written as JSON files under ``bench/data/<case>/`` (kept out of git),
+keyed by the fingerprint of the upstream request csvgen sends, so the replay
+server can answer it without computing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from csvgen.plan import make_plan
+from csvgen.standin.api import MetricsAPI
+from csvgen.standin.data import AGES, DataSet
+
+DATA_DIR = Path(__file__).parent / "data"
+YEAR = ("2024-01-01T00:00:00.000Z", "2024-12-30T23:59:59.000Z")  # 365 days
+
+
+def _metric(mid: str, entities: list[str], **extra: Any) -> dict[str, Any]:
+    start, end = YEAR
+    return {"metricId": mid, "name": mid, "start": start, "end": end, "entities": entities,
+            "entityType": "location", "aggregationPeriod": "day", **extra}  # fmt: skip
+
+
+def big(data: DataSet) -> dict[str, Any]:
+    """1,000 locations × 365 days × (5 age bands + the entity row): about 2.2M rows, 8 columns."""
+    ids = [loc.id for loc in data.locations[:1000]]
+    ages = list(AGES[1:6])
+    return {
+        "csvFormat": {
+            "columns": [
+                {"heading": "Date"}, {"heading": "Location"}, {"heading": "Age"},
+                {"heading": "Entries", "metricId": "entries", "fetchValue": "entries"},
+                {"heading": "Passers-by", "metricId": "passers", "fetchValue": "passers_by"},
+                {"heading": "Capture rate", "metricId": "capture", "fetchValue": "capture_rate"},
+                {"heading": "Sales", "metricId": "sales", "fetchValue": "sales_volume"},
+                {"heading": "Transactions", "metricId": "tx",
+                 "fetchValue": "sales_transaction_count"},
+            ],
+            "sortBy": [0, 1, 2],
+            "rowFilters": ["entity", "age"],
+        },
+        "metricRequests": [
+            _metric("entries", ids, ages=ages),
+            _metric("passers", ids, ages=ages),
+            _metric("capture", ids, ages=ages),
+            _metric("sales", ids),
+            _metric("tx", ids),
+        ],
+    }  # fmt: skip
+
+
+def medium(data: DataSet, offset: int) -> dict[str, Any]:
+    """50 locations × 365 days, 3 metrics: 18,250 rows."""
+    ids = [loc.id for loc in data.locations[offset : offset + 50]]
+    return {
+        "csvFormat": {
+            "columns": [
+                {"heading": "Date"}, {"heading": "Location"},
+                {"heading": "Entries", "metricId": "e", "fetchValue": "entries"},
+                {"heading": "Passers-by", "metricId": "p", "fetchValue": "passers_by"},
+                {"heading": "Sales", "metricId": "s", "fetchValue": "sales_volume"},
+            ],
+            "sortBy": [0, 1],
+            "rowFilters": ["entity"],
+        },
+        "metricRequests": [_metric("e", ids), _metric("p", ids), _metric("s", ids)],
+    }  # fmt: skip
+
+
+def small() -> dict[str, Any]:
+    """The seed page's example: 30 rows."""
+    from csvgen.standin.demo import SEED_REQUEST
+
+    body: dict[str, Any] = SEED_REQUEST["data"]["body"]
+    return body
+
+
+def fingerprint(route: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def generate(case: str, bodies: list[dict[str, Any]], data: DataSet) -> None:
+    """Write the answers of every metric request of ``bodies`` under bench/data/<case>/."""
+    folder = DATA_DIR / case
+    folder.mkdir(parents=True, exist_ok=True)
+    api = MetricsAPI(data)
+    for n, body in enumerate(bodies):
+        (folder / f"request-{n}.json").write_bytes(orjson.dumps(body))
+        for metric in make_plan(body).metrics:
+            path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+            if path.exists():
+                continue
+            started = time.monotonic()
+            answer = api.answer("metric", metric.route, metric.body)
+            path.write_bytes(orjson.dumps(answer))
+            print(f"  {case}: {metric.metric_id} {path.stat().st_size / 1e6:.0f} MB "
+                  f"in {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        meta = {"routes": [m.route for m in make_plan(body).metrics]}
+        (folder / f"request-{n}.meta.json").write_text(json.dumps(meta))
+
+
+def ensure_data() -> None:
+    """Generate whatever answers are missing (minutes the first time, nothing after)."""
+    data = DataSet(locations=1000)
+    generate("small", [small()], data)
+    generate("medium", [medium(data, 50 * k) for k in range(20)], data)
+    generate("big", [big(data)], data)
+
+
+if __name__ == "__main__":
+    ensure_data()

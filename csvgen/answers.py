@@ -1,0 +1,89 @@
+"""A metric answer's bytes → a polars frame of its records, with no other I/O.
+
+Answers can be hundreds of megabytes, so the common shape gets a fast path:
+``{"segments": [{...},{...},...], "meta": {...}}`` is cut into newline-delimited
+records (``},{`` → ``}\\n{``) and read by polars' NDJSON reader, which releases
+the GIL. The cut is checked, not trusted: a ``},{`` inside a string or a nested
+array always leaves an invalid line, and the rest of the document (with an empty
+array) must parse as the expected object. Whenever the fast path fails, the
+answer is parsed whole with orjson, which is exact for any valid JSON.
+
+Schema inference is most of polars' reading time, so the caller may name the
+fields it needs (``fields``): keys as text, plain values as Float64 (integers
+print the same, ``1284``). Other fields are skipped. If a record does not fit
+(a value that is text, an object…), reading fails and the answer is read again
+with full inference; nothing is ever silently dropped or coerced to null.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import polars as pl
+
+from .metrics import UpstreamError, error_message
+
+__all__ = ["SMALL_ANSWER_BYTES", "Schema", "to_frame"]
+
+#: Field name → polars type, for the fields a CSV reads from an answer's records.
+Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
+
+#: Answers up to this size are parsed whole: the fast path only pays off on big ones.
+SMALL_ANSWER_BYTES = 256 * 1024
+
+
+def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFrame:
+    """The records of ``facet`` (``segments`` or ``summary``) of one answer.
+
+    Raises:
+        UpstreamError: the answer is an error answer, has no such array, or cannot be read.
+    """
+    if len(data) > SMALL_ANSWER_BYTES:
+        frame = _fast(data, facet, fields)
+        if frame is not None:
+            return frame
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"the answer is not JSON: {exc}") from None
+    message = error_message(answer)
+    if message is not None:
+        raise UpstreamError(message)
+    records = answer.get(facet) if isinstance(answer, dict) else None
+    if not isinstance(records, list):
+        raise UpstreamError(f"the answer has no {facet} array")
+    if not all(isinstance(r, dict) for r in records):
+        raise UpstreamError(f"a record of the {facet} array is not an object")
+    try:
+        return pl.DataFrame(records, infer_schema_length=None, strict=False)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"the {facet} records cannot be read: {exc}") from None
+
+
+def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None:
+    """The fast path, or None when the answer is not of the plain shape it reads."""
+    opening = b'"' + facet.encode() + b'":['
+    start = data.find(opening)
+    end = data.rfind(b"}]")
+    if start < 0 or end < start:
+        return None
+    first = start + len(opening)
+    try:
+        rest: Any = orjson.loads(data[:first] + data[end + 1 :])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(rest, dict) or rest.get(facet) != [] or "error" in rest:
+        return None
+    lines = data[first : end + 1].replace(b"},{", b"}\n{")
+    if fields:
+        try:
+            return pl.read_ndjson(io.BytesIO(lines), schema=dict(fields))
+        except pl.exceptions.PolarsError:
+            pass  # a record does not fit the expected types: infer them instead
+    try:
+        return pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
+    except pl.exceptions.PolarsError:
+        return None
