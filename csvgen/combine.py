@@ -46,14 +46,19 @@ def combine(
         TooLarge: more than ``max_rows`` rows.
     """
     keys = [f"k{n}" for n in range(len(plan.key_dimensions))]
-    parts = [
-        part
-        for m, (metric, frame) in enumerate(zip(plan.metrics, frames, strict=True))
-        for part in _parts(plan, m, metric, frame, keys)
-    ]
+    parts: list[pl.DataFrame] = []
+    owners: list[tuple[MetricPlan, ColumnSpec]] = []  # whose records each part holds
+    for m, (metric, frame) in enumerate(zip(plan.metrics, frames, strict=True)):
+        for part, column in _parts(plan, m, metric, frame, keys):
+            parts.append(part)
+            owners.append((metric, column))
     table = parts[0]
     for part in parts[1:]:
         table = table.join(part, on=keys, how="full", coalesce=True, nulls_equal=True)
+    if table.select(pl.struct(keys).is_duplicated().any()).item():
+        # Joins of frames with unique keys give unique keys: some frame has a key twice.
+        for part, (metric, col) in zip(parts, owners, strict=True):
+            _check_unique(part, keys, metric, col)
     table = table.with_columns(pl.col(k).cast(pl.String) for k in keys)
     if max_rows is not None and table.height > max_rows:
         raise TooLarge(f"the export has {table.height} rows; the limit is {max_rows}")
@@ -96,8 +101,11 @@ def fields_read(plan: ExportPlan, metric: MetricPlan) -> dict[str, Any] | None:
 
 def _parts(
     plan: ExportPlan, m: int, metric: MetricPlan, frame: pl.DataFrame, keys: list[str]
-) -> list[pl.DataFrame]:
-    """One frame per distinct filter among the value columns of metric request ``m``."""
+) -> list[tuple[pl.DataFrame, ColumnSpec]]:
+    """One frame per distinct filter among the value columns of metric request ``m``.
+
+    Each comes with its first column, to name in an error.
+    """
     by_filter: dict[tuple[tuple[str, str], ...], list[tuple[int, ColumnSpec]]] = {}
     for n, col in enumerate(plan.columns):
         if col.metric == m:
@@ -112,9 +120,9 @@ def _parts(
             *key_exprs,
             *(_value(frame, metric, col).alias(f"v{n}") for n, col in cols),
         ).drop("_row")
-        _check_unique(part, keys, metric, cols[0][1])
         # Joins on categorical keys are faster than on text (cast back after the joins).
-        parts.append(part.with_columns(pl.col(k).cast(pl.Categorical) for k in keys))
+        part = part.with_columns(pl.col(k).cast(pl.Categorical) for k in keys)
+        parts.append((part, cols[0][1]))
     return parts
 
 
@@ -161,7 +169,7 @@ def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
 def _check_unique(part: pl.DataFrame, keys: list[str], metric: MetricPlan, col: ColumnSpec) -> None:
     twice = part.filter(pl.struct(keys).is_duplicated())
     if twice.height:
-        row = "/".join("" if v is None else str(v) for v in twice.row(0)[: len(keys)])
+        row = "/".join("" if v is None else str(v) for v in twice.select(keys).row(0))
         raise MetricFailed(
             metric.metric_id, f"two records for one cell (row {row}, column {col.heading!r})"
         )

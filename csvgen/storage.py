@@ -2,17 +2,21 @@
 
 Every boto3 call lives here. Uploads run in a thread (boto3 blocks). A file up
 to ``MULTIPART_THRESHOLD`` goes up with one ``PutObject``; a larger one as a
-multipart upload read from the file part by part, so the CSV is never held
-whole in memory. Both use ``If-None-Match: *``: when the key already exists the
-next suffix (``-2``, ``-3``…) is tried, so no object is ever overwritten, even
-by another replica in the same second.
+multipart upload read from the file part by part (four 16 MiB parts in flight
+at most), so the CSV is never held whole in memory. Both use
+``If-None-Match: *``: when the key already exists the next suffix (``-2``,
+``-3``…) is tried, so no object is ever overwritten, even by another replica in
+the same second. Each worker remembers the next free suffix of recent keys, so
+a burst of exports for one owner does not probe the same taken keys again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
@@ -32,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
+PARALLEL_PARTS = 4
 MAX_SUFFIX = 100
+REMEMBERED_STEMS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ def content_disposition(name: str, extension: str) -> str:
 class Storage:
     def __init__(self, bucket: str, client: S3Client | None = None) -> None:
         self.bucket = bucket
+        self._next_free: dict[str, int] = {}  # key stem → the suffix number to try first
         self.client: S3Client = client or boto3.client(
             "s3",
             config=Config(
@@ -87,7 +94,11 @@ class Storage:
     def _put_new(
         self, stem: str, extension: str, fileobj: IO[bytes], size: int, extra: dict[str, Any]
     ) -> StoredObject:
-        for n in range(1, MAX_SUFFIX + 1):
+        if len(self._next_free) > REMEMBERED_STEMS:
+            self._next_free.clear()
+        first = self._next_free.get(stem + extension, 1)
+        for n in range(first, first + MAX_SUFFIX):
+            self._next_free[stem + extension] = n + 1
             key = f"{stem}{extension}" if n == 1 else f"{stem}-{n}{extension}"
             fileobj.seek(0)
             try:
@@ -102,21 +113,31 @@ class Storage:
                     continue
                 raise
             return StoredObject(self.bucket, key)
-        raise StorageFailed(f"no free key for {stem}{extension} after {MAX_SUFFIX} tries")
+        raise StorageFailed(f"no free key for {stem}{extension} in {MAX_SUFFIX} tries")
 
     def _multipart(self, key: str, fileobj: IO[bytes], extra: dict[str, Any]) -> None:
+        """Upload ``fileobj`` in parts, ``PARALLEL_PARTS`` in flight (so memory holds that many)."""
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
+
+        def send(number: int, chunk: bytes) -> dict[str, Any]:
+            part = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+            )
+            return {"ETag": part["ETag"], "PartNumber": number}
+
         try:
             parts = []
-            for number in range(1, 10_001):
-                chunk = fileobj.read(PART_SIZE)
-                if not chunk:
-                    break
-                part = self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                )
-                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            with ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="csvgen-upload") as pool:
+                in_flight: collections.deque[Future[dict[str, Any]]] = collections.deque()
+                for number in range(1, 10_001):
+                    chunk = fileobj.read(PART_SIZE)
+                    if not chunk:
+                        break
+                    if len(in_flight) == PARALLEL_PARTS:
+                        parts.append(in_flight.popleft().result())
+                    in_flight.append(pool.submit(send, number, chunk))
+                parts.extend(f.result() for f in in_flight)
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
