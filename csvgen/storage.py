@@ -55,8 +55,17 @@ def content_disposition(name: str, extension: str) -> str:
 
 
 class Storage:
-    def __init__(self, bucket: str, client: S3Client | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        client: S3Client | None = None,
+        *,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
         self.bucket = bucket
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
         self._next_free: dict[str, int] = {}  # key stem → the suffix number to try first
         self.client: S3Client = client or boto3.client(
             "s3",
@@ -102,7 +111,7 @@ class Storage:
             key = f"{stem}{extension}" if n == 1 else f"{stem}-{n}{extension}"
             fileobj.seek(0)
             try:
-                if size <= MULTIPART_THRESHOLD:
+                if size <= self.multipart_threshold:
                     self.client.put_object(
                         Bucket=self.bucket, Key=key, Body=fileobj, IfNoneMatch="*", **extra
                     )
@@ -131,7 +140,7 @@ class Storage:
             with ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="csvgen-upload") as pool:
                 in_flight: collections.deque[Future[dict[str, Any]]] = collections.deque()
                 for number in range(1, 10_001):
-                    chunk = fileobj.read(PART_SIZE)
+                    chunk = fileobj.read(self.part_size)
                     if not chunk:
                         break
                     if len(in_flight) == PARALLEL_PARTS:

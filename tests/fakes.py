@@ -150,6 +150,7 @@ class FakeMetrics:
         self.server: Server | None = None
         self.uri = ""
         self.connections: list[ServerConnection] = []
+        self.drop_once: str | None = None  # cut the link on the first request for this route
 
     async def start(self) -> FakeMetrics:
         self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
@@ -182,6 +183,10 @@ class FakeMetrics:
             action, data = doc["action"], doc["data"]
             self.requests.append((action, data["route"], data["body"]))
             await self.received.put(data["route"])
+            if data["route"] == self.drop_once:
+                self.drop_once = None
+                ws.transport.abort()
+                return
             if action == "detail":
                 wanted = set(data["body"].get("entities", []))
                 refs = [r for r in self.references if r["id"] in wanted]

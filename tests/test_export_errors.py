@@ -8,7 +8,7 @@ from typing import Any
 
 from csvgen.frames import Action, encode_action
 from tests.conftest import S3Server, running_exporter
-from tests.fakes import FakeBus, FakeMetrics
+from tests.fakes import FakeBus, FakeMetrics, RawFrames
 from tests.test_export import download
 from tests.test_plan import L1, seed
 
@@ -88,6 +88,40 @@ async def test_two_records_for_one_cell_is_metric_failed(
     assert payload["error"]["code"] == "metric_failed"
     assert payload["error"]["message"] == (
         f"metric request 'm' failed: two records for one cell (row 2024-01-01/{L1}, column 'Entries')"
+    )
+
+
+async def test_lost_metrics_link_is_retried(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """The Metrics API link drops mid-request: csvgen reconnects, asks again and succeeds."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.drop_once = "entries"
+    async with running_exporter(bus, metrics):
+        await bus.send(request("retry"))
+        _, payload = await bus.reply()
+    assert payload["body"][0]["rowCount"] == 3
+    assert [route for _, route, _ in metrics.requests].count("entries") == 2
+    assert len(metrics.connections) == 2
+
+
+class DuplicatePart(RawFrames):
+    """A two-part answer whose first part arrives twice."""
+
+    def frames(self, rid: str) -> list[str]:
+        first, second = super().frames(rid)
+        return [first, first, second]
+
+
+async def test_broken_multipart_answer_is_metric_failed(bus: FakeBus, metrics: FakeMetrics) -> None:
+    """A duplicate part fails the request at once (no hang until the timeout)."""
+    metrics.answers.append(({"route": "entries"}, DuplicatePart(entries_answer(), parts=2)))
+    async with running_exporter(bus, metrics):
+        await bus.send(request("broken"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "metric_failed"
+    assert payload["error"]["message"].startswith(
+        "metric request 'm' failed: broken answer: duplicate part 0"
     )
 
 

@@ -184,3 +184,17 @@ async def test_two_workers_share_a_batch(stack: Stack) -> None:
     assert served[0] and served[1]
     answered = sorted(line.split("id=")[1].split()[0] for w in served for line in w)
     assert answered == ids
+
+
+async def test_make_run_demo() -> None:
+    """`csvgen demo` (what `make run` runs) prints the reply and the CSV, then exits 0."""
+    demo = await Child("demo", env=child_env(), stream="stdout").start()
+    try:
+        assert await demo.wait() == 0
+    finally:
+        await demo.kill()
+    out = "\n".join(demo.lines)
+    assert '"rowCount": 30' in out
+    first = datetime(2024, 4, 1)
+    assert f"  2024-04-01,{day_entries(OXFORD, first)}" in demo.lines
+    assert "  … 20 more" in demo.lines

@@ -1,0 +1,75 @@
+"""combine + write_csv as pure functions, for the cases the golden files do not reach."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import polars as pl
+import pytest
+
+from csvgen.combine import combine
+from csvgen.csvwrite import write_csv
+from csvgen.errors import TooLarge
+from csvgen.plan import make_plan
+from tests.test_plan import seed
+
+
+def csv_of(body: dict[str, Any], records: list[dict[str, Any]], **kw: Any) -> str:
+    plan = make_plan(body)
+    table = combine(plan, [pl.DataFrame(records, strict=False)], **kw)
+    out = io.BytesIO()
+    write_csv([c.heading for c in plan.columns], table, out)
+    return out.getvalue().decode()
+
+
+def test_field_reads_inside_a_nested_value() -> None:
+    """`field` walks a dotted path; a missing step is an empty cell, not an error."""
+    body = seed()
+    body["csvFormat"]["columns"][1]["field"] = "dwell.p50"
+    records = [
+        {"index": "2024-04-01T00:00:00.000", "location": "L", "entries": {"dwell": {"p50": 31.5}}},
+        {"index": "2024-04-02T00:00:00.000", "location": "L", "entries": {"dwell": {"p90": 80}}},
+    ]
+    assert csv_of(body, records) == "Date,Entries\r\n2024-04-01,31.5\r\n2024-04-02,\r\n"
+
+
+def test_nested_value_without_field_is_json_text() -> None:
+    """A non-scalar value is written as its JSON text, quoted as CSV needs."""
+    records = [{"index": "2024-04-01T00:00:00.000", "location": "L", "entries": {"a": 1, "b": [2]}}]
+    assert csv_of(seed(), records) == 'Date,Entries\r\n2024-04-01,"{""a"":1,""b"":[2]}"\r\n'
+
+
+def test_empty_text_is_an_empty_cell_and_sorts_last() -> None:
+    """An empty string is written and sorted like a missing value."""
+    body = seed()
+    body["csvFormat"]["columns"][1]["fetchValue"] = "note"
+    body["csvFormat"]["sortBy"] = [1]
+    records = [
+        {"index": "2024-04-01T00:00:00.000", "location": "L", "note": ""},
+        {"index": "2024-04-02T00:00:00.000", "location": "L", "note": "b"},
+        {"index": "2024-04-03T00:00:00.000", "location": "L", "note": "-a"},
+    ]
+    body["metricRequests"][0]["route"] = "entries"
+    assert csv_of(body, records) == (
+        "Date,Entries\r\n2024-04-03,'-a\r\n2024-04-02,b\r\n2024-04-01,\r\n"
+    )
+
+
+def test_more_rows_than_allowed_is_too_large() -> None:
+    records = [
+        {"index": f"2024-04-0{d}T00:00:00.000", "location": "L", "entries": d} for d in (1, 2, 3)
+    ]
+    with pytest.raises(TooLarge, match="the export has 3 rows; the limit is 2"):
+        csv_of(seed(), records, max_rows=2)
+
+
+def test_numbers_sort_numerically() -> None:
+    """Typed sort: 9 before 10, unlike text."""
+    body = seed()
+    body["csvFormat"]["sortBy"] = [1]
+    records = [{"index": f"2024-04-0{d}T00:00:00.000", "location": "L", "entries": v}
+               for d, v in ((1, 10), (2, 9), (3, None))]  # fmt: skip
+    assert (
+        csv_of(body, records) == "Date,Entries\r\n2024-04-02,9\r\n2024-04-01,10\r\n2024-04-03,\r\n"
+    )
