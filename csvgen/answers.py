@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from .metrics import UpstreamError, error_message
+from .metrics import UpstreamError, parse_answer
 
 __all__ = ["SMALL_ANSWER_BYTES", "Schema", "to_frame"]
 
@@ -45,13 +45,7 @@ def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFr
         frame = _fast(data, facet, fields)
         if frame is not None:
             return frame
-    try:
-        answer = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"the answer is not JSON: {exc}") from None
-    message = error_message(answer)
-    if message is not None:
-        raise UpstreamError(message)
+    answer = parse_answer(data)
     records = answer.get(facet) if isinstance(answer, dict) else None
     if not isinstance(records, list):
         raise UpstreamError(f"the answer has no {facet} array")

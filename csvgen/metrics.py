@@ -31,7 +31,7 @@ from .bus import connect_options, with_token
 from .config import Settings, redact_url
 from .errors import CsvgenError
 
-__all__ = ["MetricsClient", "UpstreamError"]
+__all__ = ["MetricsClient", "UpstreamError", "error_message", "parse_answer"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,22 @@ class UpstreamError(CsvgenError):
 
 class _ConnectionLost(Exception):
     pass
+
+
+def parse_answer(data: bytes) -> Any:
+    """An answer's JSON, parsed.
+
+    Raises:
+        UpstreamError: it is not JSON, or it is an error answer (an object with ``error``).
+    """
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"the answer is not JSON: {exc}") from None
+    message = error_message(answer)
+    if message is not None:
+        raise UpstreamError(message)
+    return answer
 
 
 def error_message(answer: Any) -> str | None:
@@ -93,15 +109,7 @@ class MetricsClient:
             UpstreamError: an error answer, an answer that is not JSON, or see
                 :meth:`request_raw`.
         """
-        data = await self.request_raw(action, route, body)
-        try:
-            answer = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"the answer is not JSON: {exc}") from None
-        message = error_message(answer)
-        if message is not None:
-            raise UpstreamError(message)
-        return answer
+        return parse_answer(await self.request_raw(action, route, body))
 
     async def request_raw(self, action: str, route: str, body: dict[str, Any]) -> bytes:
         """Send one request and return its answer's JSON bytes, unparsed.
