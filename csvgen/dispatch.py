@@ -143,6 +143,7 @@ class Dispatcher:
 
     def receive(self, text: str | bytes) -> None:
         """Handle one inbound frame. Never raises: no input stops the worker."""
+        logger.debug("frame in: %.200r", text)
         try:
             action = frames.parse_action(text)
         except FrameError as exc:
@@ -243,6 +244,8 @@ class Dispatcher:
 
     def _reply(self, rid: str, payload: Any) -> None:
         for part in frames.encode_reply(rid, payload):
+            # Only the size: a reply's text holds a signed URL, which never goes to a log.
+            logger.debug("frame out: %s, %d chars", rid, len(part))
             self.outbox.put(part)
 
     def _log(self, action: frames.Action, outcome: str, seconds: float, summary: str = "") -> None:

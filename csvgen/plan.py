@@ -164,6 +164,8 @@ def make_plan(body: Mapping[str, Any]) -> ExportPlan:
     dated = any(s.dimension == "index" for s in specs)
 
     bound = sorted({s.metric for s in specs if s.metric is not None and s.metric >= 0})
+    if not any(s.metric is not None for s in specs) and None not in columns:
+        p.add("csvFormat.columns", "no column is bound to a metric request: nothing to export")
     warnings = [
         f"metric request {_label(raw_metrics[i], i)} is bound to no column and was not run"
         for i in range(len(raw_metrics))

@@ -251,6 +251,13 @@ def test_reject(path: str, value: Any, expected: list[tuple[str, str]]) -> None:
     assert problems(changed(path, value)) == expected
 
 
+def test_a_csv_with_no_value_column_is_refused() -> None:
+    body = changed("csvFormat.columns", [{"heading": "Date"}, {"heading": "Location"}])
+    assert problems(body) == [
+        ("csvFormat.columns", "no column is bound to a metric request: nothing to export")
+    ]
+
+
 def test_every_problem_is_collected() -> None:
     """Several problems in one body come back together, in body order."""
     body = changed("csvFormat.sortBy", [{"column": 0}, 9])

@@ -198,3 +198,15 @@ async def test_make_run_demo() -> None:
     first = datetime(2024, 4, 1)
     assert f"  2024-04-01,{day_entries(OXFORD, first)}" in demo.lines
     assert "  … 20 more" in demo.lines
+
+
+async def test_standin_stops_cleanly_on_ctrl_c() -> None:
+    """SIGINT stops the stand-in (bus, Metrics API and S3) with status 0."""
+    standin = await Child("standin", env=child_env(), stream="stdout").start()
+    try:
+        await standin.wait_for_line("standin-ready ")
+        standin.proc.send_signal(signal.SIGINT)
+        assert await standin.wait() == 0
+    finally:
+        await standin.kill()
+    assert standin.lines[-1] == "csvgen stand-in: stopped"
