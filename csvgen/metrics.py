@@ -88,6 +88,7 @@ class MetricsClient:
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._refused: Exception | None = None
 
     async def __aenter__(self) -> MetricsClient:
         self._task = asyncio.create_task(self._run())
@@ -123,6 +124,8 @@ class MetricsClient:
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             await self._up.wait()
+            if self._refused is not None:
+                raise UpstreamError(f"the Metrics API refused the connection: {self._refused}")
             ws = self._ws
             assert ws is not None
             rid = f"{self._prefix}-{next(self._ids)}"
@@ -140,6 +143,14 @@ class MetricsClient:
         raise UpstreamError(f"the metrics connection was lost {MAX_ATTEMPTS} times")
 
     async def _run(self) -> None:
+        try:
+            await self._connect_loop()
+        except Exception as exc:  # a fatal handshake answer (401/403): retrying will not help
+            logger.error("the Metrics API refused the connection, giving up: %s", exc)
+            self._refused = exc
+            self._up.set()  # wake the waiting requests, to fail them
+
+    async def _connect_loop(self) -> None:
         url = self.settings.metrics_url
         options = connect_options(self.settings, url)
         async for ws in connect(with_token(url, self.settings.metrics_token), **options):

@@ -267,3 +267,14 @@ async def test_rejected_token_is_fatal() -> None:
         settings = make_settings(FakeBus()).replace(bus_url=f"ws://127.0.0.1:{port}")
         with pytest.raises(InvalidStatus):
             await serve_worker(settings, Routes().router, asyncio.Event())
+
+
+async def test_frame_over_the_limit_costs_the_link_not_the_worker(bus: FakeBus) -> None:
+    """A frame above max_frame_bytes closes the link (1009); the worker reconnects and goes on."""
+    async with running_worker(make_settings(bus, max_frame_bytes=2048), Routes().router):
+        await bus.send(frame("big", body={"pad": "x" * 10_000}))
+        await bus.wait_closed(1)
+        await bus.wait_connections(2)
+        await bus.send(frame("after"))
+        assert await bus.reply() == ("after", {"body": [{"n": 1}]})
+    assert bus.close_codes[0] == 1009

@@ -6,6 +6,9 @@ import asyncio
 from datetime import date, timedelta
 from typing import Any
 
+from websockets.asyncio.server import serve
+from websockets.http11 import Response
+
 from csvgen.frames import Action, encode_action
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
@@ -214,3 +217,35 @@ async def test_big_export_leaves_the_loop_free(
     assert latency < 5
     assert [first[0], second[0]] == ["small", "big"]
     assert second[1]["body"][0]["rowCount"] == 365 * 1100
+
+
+async def test_refused_metrics_token_fails_exports_fast(bus: FakeBus) -> None:
+    """A Metrics API that answers 401 fails each export at once, not after the timeout."""
+
+    def reject(connection: Any, request: Any) -> Response:
+        return connection.respond(401, "bad token\n")
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=reject) as server:
+        refusing = FakeMetrics()
+        refusing.uri = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with running_exporter(bus, refusing, metric_timeout_s=60):
+            await bus.send(request("refused"))
+            _, payload = await bus.reply()
+    assert payload["error"]["code"] == "metric_failed"
+    assert payload["error"]["message"] == (
+        "metric request 'm' failed: the Metrics API refused the connection: "
+        "server rejected WebSocket connection: HTTP 401"
+    )
+
+
+async def test_file_over_the_byte_limit_is_too_large(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=5)))
+    async with running_exporter(bus, metrics, max_bytes=40):
+        await bus.send(request("bytes"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "too_large"
+    size = len(b"Date,Entries\r\n") + 5 * len(b"2024-01-01,100\r\n")
+    assert payload["error"]["message"] == f"the export is {size} bytes; the limit is 40"
+    assert "Contents" not in s3.client().list_objects_v2(Bucket="aura-exports")
