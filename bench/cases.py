@@ -7,7 +7,6 @@ server can answer it without computing anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from csvgen import frames
 from csvgen.plan import make_plan
 from csvgen.standin.api import MetricsAPI
 from csvgen.standin.data import AGES, DataSet
@@ -84,7 +84,8 @@ def small() -> dict[str, Any]:
 
 
 def fingerprint(route: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """The answer file's name: csvgen's own fingerprint of the upstream request."""
+    return frames.fingerprint(route, body).hex()
 
 
 def generate(case: str, bodies: list[dict[str, Any]], data: DataSet) -> None:

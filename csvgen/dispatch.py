@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from . import frames
 from .errors import (
@@ -55,6 +52,8 @@ __all__ = ["Dispatcher", "Outbox"]
 logger = logging.getLogger(__name__)
 
 ROUTE_PREFIX = "external-service/"
+#: Finished requests remembered for idempotency at most (the oldest go first).
+MAX_REMEMBERED = 100_000
 
 
 class Outbox:
@@ -101,12 +100,7 @@ class _Done:
     fingerprint: bytes
     payload: Any
     route: Route
-    at: float = field(default_factory=time.monotonic)
-
-
-def fingerprint(route: str, body: dict[str, Any]) -> bytes:
-    """Identity of a request for idempotency: its route and body, key order ignored."""
-    return hashlib.sha256(orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)).digest()
+    at: float
 
 
 class Dispatcher:
@@ -170,7 +164,7 @@ class Dispatcher:
             logger.debug("ignored action for route %r", action.route)
             return
         route = self.router.resolve(action.route)
-        fp = fingerprint(action.route, action.body)
+        fp = frames.fingerprint(action.route, action.body)
         self._expire()
         if (flight := self._in_flight.get(action.id)) is not None:
             _check_same(action.id, flight.fingerprint, fp)
@@ -214,6 +208,8 @@ class Dispatcher:
             payload, outcome = InternalError().as_json(), "internal"
         else:
             self._done[action.id] = _Done(fp, payload, route, self.clock())
+            if len(self._done) > MAX_REMEMBERED:
+                self._done.popitem(last=False)
         self._finish(
             action, payload, outcome, start, route.summarize(payload) if outcome == "ok" else ""
         )

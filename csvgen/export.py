@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 import polars as pl
 
 from .answers import Schema, to_frame
@@ -27,7 +26,7 @@ from .combine import combine, fields_read
 from .config import Settings
 from .csvwrite import DIALECTS, WriteResult, write_csv
 from .errors import MetricFailed, MetricTimeout, ReplyError, TooLarge
-from .frames import Action
+from .frames import Action, fingerprint
 from .metrics import UpstreamError
 from .plan import ExportPlan, MetricPlan, make_plan
 from .storage import Storage, content_disposition
@@ -156,9 +155,7 @@ class CsvExport:
 
         same: dict[bytes, list[MetricPlan]] = {}
         for m in plan.metrics:
-            same.setdefault(
-                orjson.dumps([m.route, m.body], option=orjson.OPT_SORT_KEYS), []
-            ).append(m)
+            same.setdefault(fingerprint(m.route, m.body), []).append(m)
         try:
             async with asyncio.TaskGroup() as tg:
                 task_of: dict[str, asyncio.Task[pl.DataFrame]] = {}

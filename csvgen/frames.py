@@ -20,6 +20,7 @@ Decisions this module encodes (each has a ``test_reject_*`` case):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "ReplyAssembler",
     "encode_action",
     "encode_reply",
+    "fingerprint",
     "json_type",
     "parse_action",
     "parse_part",
@@ -105,6 +107,11 @@ def parse_action(text: str | bytes) -> Action | None:
         raise InvalidEnvelope(rid, problems)
     assert isinstance(route, str) and isinstance(body, dict)
     return Action(rid, route, body)
+
+
+def fingerprint(route: str, body: dict[str, Any]) -> bytes:
+    """The identity of a request's content: its route and body, key order ignored."""
+    return hashlib.sha256(orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)).digest()
 
 
 def encode_action(action: Action) -> str:
