@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="stand-in + worker + the seed request, end to end")
     demo.add_argument("--request", metavar="FILE", help="send this request frame (JSON) instead")
-    demo.add_argument("--rows", type=int, default=10, help="CSV rows to print")
+    demo.add_argument("--rows", type=int, default=30, help="CSV rows to print at most")
     return parser
 
 
