@@ -192,8 +192,8 @@ async def test_repeat_of_a_finished_id_is_resigned_not_rerun(
 async def test_big_export_leaves_the_loop_free(
     bus: FakeBus, metrics: FakeMetrics, s3: S3Server
 ) -> None:
-    """While a 400k-row export is combined, a ping and a small export are answered first."""
-    locations = tuple(f"{n:024x}" for n in range(1100))
+    """While a 730k-row export is combined, a ping and a small export are answered first."""
+    locations = tuple(f"{n:024x}" for n in range(2000))
     big = seed()
     big["metricRequests"][0]["entities"] = list(locations)
     small = seed()
@@ -216,7 +216,7 @@ async def test_big_export_leaves_the_loop_free(
         first, second = await bus.reply(), await bus.reply()
     assert latency < 5
     assert [first[0], second[0]] == ["small", "big"]
-    assert second[1]["body"][0]["rowCount"] == 365 * 1100
+    assert second[1]["body"][0]["rowCount"] == 365 * 2000
 
 
 async def test_refused_metrics_token_fails_exports_fast(bus: FakeBus) -> None:
