@@ -20,7 +20,9 @@ def _flag(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csvgen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="csvgen", description="The worker behind Aura's external-service/csv-generator route."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the worker (configuration: CSVGEN_* variables)")

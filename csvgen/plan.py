@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -115,7 +115,7 @@ class ExportPlan:
     dialect: str = "default"
     gzip: bool = False
     warnings: tuple[str, ...] = ()
-    entity_types: tuple[str, ...] = field(default=())  # entity types of the rows
+    entity_types: tuple[str, ...] = ()  # entity types of the rows
 
     @property
     def key_dimensions(self) -> tuple[str, ...]:
