@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -15,7 +15,27 @@ from websockets.exceptions import ConnectionClosed
 from csvgen.frames import ReplyAssembler
 
 
-class FakeBus:
+class LoopbackServer:
+    """A WebSocket server on 127.0.0.1, port 0; subclasses give the connection handler."""
+
+    server: Server | None = None
+    uri = ""
+
+    async def start(self) -> Self:
+        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
+        self.uri = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        raise NotImplementedError
+
+
+class FakeBus(LoopbackServer):
     """A loopback WebSocket server playing the Aura bus for one worker.
 
     It records every frame the worker sends, reassembles replies and keeps the
@@ -23,8 +43,6 @@ class FakeBus:
     """
 
     def __init__(self) -> None:
-        self.server: Server | None = None
-        self.uri = ""
         self.raw: list[str] = []
         self.replies: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.tokens: list[str | None] = []
@@ -32,17 +50,6 @@ class FakeBus:
         self.current: ServerConnection | None = None
         self._assembler = ReplyAssembler()
         self._changed = asyncio.Condition()
-
-    async def start(self) -> FakeBus:
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None)
-        port = self.server.sockets[0].getsockname()[1]
-        self.uri = f"ws://127.0.0.1:{port}"
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -120,7 +127,7 @@ class RawFrames:
         return [f"{rid}|{n + self.first}|{total}|{s}" for n, s in enumerate(self.slices)]
 
 
-class FakeMetrics:
+class FakeMetrics(LoopbackServer):
     """A loopback WebSocket server playing the Aura Metrics API from canned answers.
 
     ``answers`` is a list of ``(match, answer)``: the first entry whose ``match``
@@ -147,22 +154,12 @@ class FakeMetrics:
         self.received = asyncio.Queue[str]()
         self.answered = asyncio.Queue[str]()  # routes whose answer was sent, in order
         self._batch: list[tuple[ServerConnection, list[str]]] = []
-        self.server: Server | None = None
-        self.uri = ""
         self.connections: list[ServerConnection] = []
         self.drop_once: str | None = None  # cut the link on the first request for this route
 
-    async def start(self) -> FakeMetrics:
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
-        port = self.server.sockets[0].getsockname()[1]
-        self.uri = f"ws://127.0.0.1:{port}"
-        return self
-
     async def stop(self) -> None:
         self.hold.set()  # a held handler must not keep the server from closing
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        await super().stop()
 
     def answer_for(self, route: str, body: dict[str, Any]) -> Answer:
         for match, answer in self.answers:
