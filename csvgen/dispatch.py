@@ -137,7 +137,7 @@ class Dispatcher:
 
     def receive(self, text: str | bytes) -> None:
         """Handle one inbound frame. Never raises: no input stops the worker."""
-        logger.debug("frame in: %.200r", text)
+        logger.debug("frame in: %r (%d chars)", text[:200], len(text))
         try:
             action = frames.parse_action(text)
         except FrameError as exc:
