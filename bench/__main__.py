@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from bench.cases import DATA_DIR, ensure_data
+from csvgen.plan import make_plan
 from csvgen.standin.demo import submit
 
 RESULTS = Path(__file__).parent / "results"
@@ -188,16 +189,14 @@ async def small_case() -> dict[str, Any]:
         w = await worker(info)
         body = request("small")
         totals, answers = [], []
-        metric = {"action": "metric", "data": {"id": "m", "route": "entries", "body": None}}
-        from csvgen.plan import make_plan
-
-        metric["data"]["body"] = make_plan(body).metrics[0].body
+        [upstream] = make_plan(body).metrics  # the one metric request csvgen sends
         for n in range(200):
             started = time.perf_counter()
             await submit(info["submit"], frame(f"small-{n}", body))
             totals.append(time.perf_counter() - started)
             started = time.perf_counter()
-            await submit(info["submit"], {**metric, "data": {**metric["data"], "id": f"m{n}"}})
+            data = {"id": f"m{n}", "route": upstream.route, "body": upstream.body}
+            await submit(info["submit"], {"action": "metric", "data": data})
             answers.append(time.perf_counter() - started)
         await w.stop()
     finally:
