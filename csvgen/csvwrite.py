@@ -19,9 +19,20 @@ import polars as pl
 
 from .combine import FORMULA_STARTS
 
-__all__ = ["DIALECTS", "Dialect", "WriteResult", "write_csv"]
+__all__ = [
+    "DIALECTS",
+    "EXCEL_MAX_ROWS",
+    "Dialect",
+    "WriteResult",
+    "spreadsheet_warnings",
+    "write_csv",
+]
 
 BOM = b"\xef\xbb\xbf"
+
+
+#: Rows an Excel sheet holds, header included.
+EXCEL_MAX_ROWS = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,16 @@ class _HashingSink:
 
     def flush(self) -> None:
         self.sink.flush()
+
+
+def spreadsheet_warnings(dialect: str, rows: int) -> list[str]:
+    """What a user of an Excel dialect should know before opening the file."""
+    if dialect.startswith("excel") and rows + 1 > EXCEL_MAX_ROWS:
+        return [
+            f"the file has {rows} data rows; Excel opens at most {EXCEL_MAX_ROWS - 1} "
+            "below the header and drops the rest"
+        ]
+    return []
 
 
 def heading(text: str, separator: str) -> str:

@@ -24,7 +24,7 @@ import polars as pl
 from .answers import Schema, to_frame
 from .combine import combine, fields_read
 from .config import Settings
-from .csvwrite import DIALECTS, WriteResult, write_csv
+from .csvwrite import DIALECTS, WriteResult, spreadsheet_warnings, write_csv
 from .errors import MetricFailed, MetricTimeout, ReplyError, TooLarge
 from .frames import Action, fingerprint
 from .metrics import UpstreamError
@@ -116,7 +116,10 @@ class CsvExport:
                     "sizeBytes": written.size,
                     "sha256": written.sha256,
                     "contentType": content_type,
-                    "warnings": list(plan.warnings),
+                    "warnings": [
+                        *plan.warnings,
+                        *spreadsheet_warnings(plan.dialect, table.height),
+                    ],
                 }
             ]
         }

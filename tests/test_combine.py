@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from csvgen.combine import combine
-from csvgen.csvwrite import write_csv
+from csvgen.csvwrite import spreadsheet_warnings, write_csv
 from csvgen.errors import TooLarge
 from csvgen.plan import make_plan
 from tests.test_plan import seed
@@ -73,3 +73,22 @@ def test_numbers_sort_numerically() -> None:
     assert (
         csv_of(body, records) == "Date,Entries\r\n2024-04-02,9\r\n2024-04-01,10\r\n2024-04-03,\r\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("dialect", "rows", "warned"),
+    [
+        ("excel", 1_048_575, False),
+        ("excel", 1_048_576, True),
+        ("excel-eu", 2_000_000, True),
+        ("default", 2_000_000, False),
+    ],
+)
+def test_excel_dialects_warn_of_rows_excel_cannot_open(
+    dialect: str, rows: int, warned: bool
+) -> None:
+    """Excel holds 1,048,576 rows with the header: an Excel-bound file above it is flagged."""
+    warnings = spreadsheet_warnings(dialect, rows)
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].startswith(f"the file has {rows} data rows; Excel opens at most 1048575")
