@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -151,3 +152,34 @@ def test_parse_part_leaves_pipes_in_json() -> None:
 def test_reject_zero_part_limit() -> None:
     with pytest.raises(ValueError, match="max_part_chars must be at least 1"):
         encode_reply("r", {}, max_part_chars=0)
+
+
+def test_random_text_never_crashes_the_parser() -> None:
+    """Random bytes and cut-off envelopes: an action, None, or one of the two frame errors."""
+    rng = random.Random(7)
+    envelope = encode_action(Action("req-1", "external-service/x", {"a": [1, "|", None]}))
+    samples = [envelope[: rng.randint(0, len(envelope))] for _ in range(300)]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 64))) for _ in range(300)]
+    for sample in samples:
+        try:
+            result = parse_action(sample)
+        except (FrameError, InvalidEnvelope):
+            continue
+        assert result is None or isinstance(result, Action)
+
+
+def test_random_frames_never_crash_the_assembler() -> None:
+    """Arbitrary id|n|total|json frames fail with PartError or complete, nothing else."""
+    rng = random.Random(11)
+    assembler = ReplyAssembler()
+    completed = refused = 0
+    for _ in range(2000):
+        rid = rng.choice("ab")
+        total = rng.randint(0, 4)
+        part = rng.randint(0, 5)
+        body = rng.choice(["[1,", "2]", "{}", '"x"', ""])
+        try:
+            completed += assembler.feed(f"{rid}|{part}|{total}|{body}") is not None
+        except PartError:
+            refused += 1
+    assert completed > 50 and refused > 50
