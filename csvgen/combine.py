@@ -158,7 +158,9 @@ def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
     """A record field as text for keys and filters: missing or empty → null."""
     if name not in frame.columns:
         return pl.lit(None, dtype=pl.String)
-    text = pl.col(name).cast(pl.String)
+    text = _json(frame.schema[name], name)
+    if text is None:
+        text = pl.col(name).cast(pl.String)
     return pl.when(text == "").then(None).otherwise(text)
 
 
@@ -186,14 +188,22 @@ def _check_unique(part: pl.DataFrame, keys: list[str], metric: MetricPlan, col: 
         )
 
 
-def _as_text(dtype: Any, name: str) -> pl.Expr:
-    """Nested values become JSON text; empty text becomes an empty cell."""
-    col = pl.col(name)
+def _json(dtype: Any, name: str) -> pl.Expr | None:
+    """A nested column (object or array values) as JSON text; None for a flat one."""
     if isinstance(dtype, pl.Struct):
-        return col.struct.json_encode().alias(name)
+        return pl.col(name).struct.json_encode()
     if isinstance(dtype, pl.List | pl.Array):
         # {"name":[…]} → […]
-        return pl.struct(col).struct.json_encode().str.slice(len(name) + 4).str.head(-1).alias(name)
+        return pl.struct(pl.col(name)).struct.json_encode().str.slice(len(name) + 4).str.head(-1)
+    return None
+
+
+def _as_text(dtype: Any, name: str) -> pl.Expr:
+    """Nested values become JSON text; empty text becomes an empty cell."""
+    nested = _json(dtype, name)
+    if nested is not None:
+        return nested.alias(name)
+    col = pl.col(name)
     if dtype == pl.String:
         return pl.when(col == "").then(None).otherwise(col).alias(name)
     return col

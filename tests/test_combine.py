@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import io
+import random
 from typing import Any
 
+import orjson
 import polars as pl
 import pytest
 
+from csvgen.answers import to_frame
 from csvgen.combine import combine
 from csvgen.csvwrite import spreadsheet_warnings, write_csv
-from csvgen.errors import TooLarge
+from csvgen.errors import MetricFailed, TooLarge
+from csvgen.metrics import UpstreamError
 from csvgen.plan import make_plan
 from tests.test_plan import seed
+from tests.test_plan_fuzz import wide
 
 
 def csv_of(body: dict[str, Any], records: list[dict[str, Any]], **kw: Any) -> str:
@@ -92,3 +97,33 @@ def test_excel_dialects_warn_of_rows_excel_cannot_open(
     assert bool(warnings) is warned
     if warned:
         assert warnings[0].startswith(f"the file has {rows} data rows; Excel opens at most 1048575")
+
+
+ODD_VALUES: list[Any] = [None, True, 0, -1, 1.5, 2**62, "", "x", "=1", "25_34", [], [1, "a"], {},
+                         {"a": 1}, {"a": {"b": [1]}}]  # fmt: skip
+
+
+@pytest.mark.parametrize("base", [seed, wide])
+def test_odd_records_are_combined_or_refused_never_crash(base: Any) -> None:
+    """Records with any JSON in any field: a CSV or metric_failed, never an internal error."""
+    rng = random.Random(3)
+    plan = make_plan(base())
+    written = refused = 0
+    for _ in range(300):
+        answers = []
+        for _metric in plan.metrics:
+            records = []
+            for day in (1, 2, 3):
+                record = {"index": f"2024-04-0{day}T00:00:00.000", "location": "L1", "age": "25_34",
+                          "gender": "female", "entries": day, "sales_volume": 1.5}  # fmt: skip
+                for _ in range(rng.randint(0, 2)):
+                    record[rng.choice(list(record))] = rng.choice(ODD_VALUES)
+                records.append(record)
+            answers.append(orjson.dumps({"segments": records}))
+        try:
+            table = combine(plan, [to_frame(a, "segments") for a in answers], {"L1": "n"})
+            write_csv([c.heading for c in plan.columns], table, io.BytesIO())
+            written += 1
+        except (MetricFailed, UpstreamError):
+            refused += 1
+    assert written > 20 and refused > 10  # both outcomes are exercised
