@@ -171,8 +171,18 @@ class MetricsClient:
             logger.warning("lost the metrics connection; reconnecting")
 
     def _on_frame(self, message: str | bytes) -> None:
+        data = message.encode() if isinstance(message, str) else message
+        cut = data.find(b"|")
+        if cut < 0:
+            logger.warning("unreadable frame from the metrics API: %.80r", data)
+            return
+        rid = data[:cut].decode(errors="replace")
+        if rid not in self._waiting:
+            # An answer that came after its request gave up: its parts must not pile up.
+            logger.debug("frame for unknown or finished request %s dropped", rid)
+            return
         try:
-            done = self._assembler.feed_raw(message)
+            done = self._assembler.feed_raw(data)
         except frames.PartError as exc:
             if exc.rid is not None:
                 self._settle(exc.rid, error=UpstreamError(f"broken answer: {exc}"))
@@ -185,7 +195,6 @@ class MetricsClient:
     def _settle(self, rid: str, *, result: bytes = b"", error: Exception | None = None) -> None:
         entry = self._waiting.get(rid)
         if entry is None or entry[0].done():
-            logger.debug("answer for unknown or finished request %s", rid)
             return
         if error is not None:
             entry[0].set_exception(error)
