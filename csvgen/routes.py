@@ -58,6 +58,3 @@ class Router:
             return self._routes[route]
         except KeyError:
             raise UnknownRoute(route) from None
-
-    def __contains__(self, route: str) -> bool:
-        return route in self._routes
