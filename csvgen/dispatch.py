@@ -228,6 +228,11 @@ class Dispatcher:
         try:
             payload = await done.route.replay(done.payload)
             outcome = "ok (repeat)"
+        except asyncio.CancelledError:
+            if self.draining:
+                self._reply(action.id, ShuttingDown().as_json())
+                self._log(action, "shutting_down", self.clock() - start)
+            raise
         except ReplyError as exc:
             payload, outcome = exc.as_json(), exc.code
         except Exception:
@@ -239,10 +244,10 @@ class Dispatcher:
     # -- helpers -----------------------------------------------------------------
 
     def _reply(self, rid: str, payload: Any) -> None:
-        for part in frames.encode_reply(rid, payload):
-            # Only the size: a reply's text holds a signed URL, which never goes to a log.
-            logger.debug("frame out: %s, %d chars", rid, len(part))
-            self.outbox.put(part)
+        [text] = frames.encode_reply(rid, payload)  # csvgen's replies are single-part
+        # Only the size: a reply's text holds a signed URL, which never goes to a log.
+        logger.debug("frame out: %s, %d chars", rid, len(text))
+        self.outbox.put(text)
 
     def _log(self, action: frames.Action, outcome: str, seconds: float, summary: str = "") -> None:
         logger.info(
@@ -270,15 +275,20 @@ class Dispatcher:
         Returns (finished, cancelled) counts.
         """
         self.stop.set()
-        pending = set(self.tasks)
-        if not pending:
-            return 0, 0
-        done, still = await asyncio.wait(pending, timeout=grace_s)
-        for task in still:
-            task.cancel(msg="csvgen is shutting down")
-        if still:
-            await asyncio.wait(still)
-        return len(done), len(still)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        finished = 0
+        # Repeats of finished requests are still answered while draining, so tasks
+        # can start during the wait: wait again until none is left.
+        while pending := set(self.tasks):
+            done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            finished += len(done)
+            if still:
+                for task in still:
+                    task.cancel(msg="csvgen is shutting down")
+                await asyncio.wait(still)
+                return finished, len(still)
+        return finished, 0
 
 
 def _check_same(rid: str, seen: bytes, now: bytes) -> None:

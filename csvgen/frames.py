@@ -30,7 +30,6 @@ import orjson
 from .errors import Detail, FrameError, InvalidEnvelope
 
 __all__ = [
-    "DEFAULT_MAX_PART_CHARS",
     "EXTERNAL_SERVICE",
     "MAX_ID_CHARS",
     "Action",
@@ -46,7 +45,6 @@ __all__ = [
 
 EXTERNAL_SERVICE = "external-service"
 MAX_ID_CHARS = 256
-DEFAULT_MAX_PART_CHARS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +121,17 @@ def encode_action(action: Action) -> str:
     return orjson.dumps(doc).decode()
 
 
-def encode_reply(
-    rid: str, payload: object, *, max_part_chars: int = DEFAULT_MAX_PART_CHARS
-) -> list[str]:
+def encode_reply(rid: str, payload: object, *, max_part_chars: int | None = None) -> list[str]:
     """Frame ``payload`` as one or more ``id|n|total|json`` parts.
 
-    A payload whose JSON fits in ``max_part_chars`` is one ``id|0|0|`` frame;
-    a longer one is cut into ``total`` parts numbered from 0.
+    Without ``max_part_chars`` (csvgen's own replies) it is always one ``id|0|0|``
+    frame. Otherwise a payload whose JSON fits in ``max_part_chars`` is one frame
+    and a longer one is cut into ``total`` parts numbered from 0 (the stand-in's answers).
     """
-    if max_part_chars < 1:
+    if max_part_chars is not None and max_part_chars < 1:
         raise ValueError("max_part_chars must be at least 1")
     text = orjson.dumps(payload).decode()
-    if len(text) <= max_part_chars:
+    if max_part_chars is None or len(text) <= max_part_chars:
         return [f"{rid}|0|0|{text}"]
     chunks = [text[i : i + max_part_chars] for i in range(0, len(text), max_part_chars)]
     total = len(chunks)

@@ -26,8 +26,11 @@ class Routes:
         self.replays: list[Any] = []
         self.gate = asyncio.Event()
         self.started = asyncio.Queue[str]()
+        self.replay_gate = asyncio.Event()
+        self.replay_gate.set()
+        self.replaying = asyncio.Queue[Any]()
         self.router = Router()
-        self.router.add("external-service/echo", self.echo)
+        self.router.add("external-service/echo", self.echo, replay=self.replay)
         self.router.add("external-service/slow", self.slow, replay=self.replay)
         self.router.add("external-service/boom", self.boom)
 
@@ -43,6 +46,8 @@ class Routes:
 
     async def replay(self, payload: Any) -> Any:
         self.replays.append(payload)
+        await self.replaying.put(payload)
+        await self.replay_gate.wait()
         return {"body": [{**payload["body"][0], "repeat": True}]}
 
     async def boom(self, action: Action) -> Any:
@@ -278,3 +283,35 @@ async def test_frame_over_the_limit_costs_the_link_not_the_worker(bus: FakeBus) 
         await bus.send(frame("after"))
         assert await bus.reply() == ("after", {"body": [{"n": 1}]})
     assert bus.close_codes[0] == 1009
+
+
+async def test_repeat_received_while_draining_is_answered(bus: FakeBus) -> None:
+    """A repeat of a finished id that arrives during the drain still gets its answer."""
+    routes = Routes()
+    async with running_worker(make_settings(bus), routes.router) as stop:
+        await bus.send(frame("d1"))
+        assert await bus.reply() == ("d1", {"body": [{"n": 1}]})
+        routes.replay_gate.clear()
+        await bus.send(frame("s1", route="slow"))
+        await routes.started.get()
+        stop.set()
+        await bus.send(frame("d1"))
+        await routes.replaying.get()
+        routes.gate.set()
+        assert await bus.reply() == ("s1", {"body": [{"done": "s1"}]})
+        routes.replay_gate.set()
+        assert await bus.reply() == ("d1", {"body": [{"n": 1, "repeat": True}]})
+
+
+async def test_repeat_outliving_the_grace_is_answered_shutting_down(bus: FakeBus) -> None:
+    """A repeat still being answered when the grace ends gets shutting_down, not silence."""
+    routes = Routes()
+    async with running_worker(make_settings(bus, shutdown_grace_s=0.05), routes.router) as stop:
+        await bus.send(frame("d1"))
+        await bus.reply()
+        routes.replay_gate.clear()
+        await bus.send(frame("d1"))
+        await routes.replaying.get()
+        stop.set()
+        rid, payload = await bus.reply()
+    assert (rid, payload["error"]["code"]) == ("d1", "shutting_down")

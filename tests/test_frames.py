@@ -149,6 +149,13 @@ def test_parse_part_leaves_pipes_in_json() -> None:
     assert parse_part('id|1|3|{"a":"|"}') == ("id", 1, 3, b'{"a":"|"}')
 
 
+def test_replies_without_a_limit_are_one_frame() -> None:
+    """csvgen's own replies are single-part however long (the spec's id|0|0|json)."""
+    payload = {"error": {"details": ["x" * 100] * 30_000}}
+    [text] = encode_reply("r", payload)
+    assert text.startswith("r|0|0|{") and len(text) > 3_000_000
+
+
 def test_reject_zero_part_limit() -> None:
     with pytest.raises(ValueError, match="max_part_chars must be at least 1"):
         encode_reply("r", {}, max_part_chars=0)
