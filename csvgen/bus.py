@@ -85,8 +85,7 @@ class Bus:
     def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
-        self.connected = asyncio.Event()
-        self.connections = 0
+        self.is_connected = False
 
     async def run(self, done: asyncio.Event) -> None:
         """Serve until ``done`` is set. Raises on a fatal connect error (rejected token)."""
@@ -94,7 +93,7 @@ class Bus:
         waiter = asyncio.create_task(done.wait())
         try:
             await asyncio.wait({loop, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not loop.done() and not self.connected.is_set():
+            if not loop.done() and not self.is_connected:
                 loop.cancel()
                 left = len(self.dispatcher.outbox)
                 if left:
@@ -110,15 +109,14 @@ class Bus:
         shown = redact_url(url)
         options = connect_options(self.settings, url)
         async for ws in connect(with_token(url, self.settings.bus_token), **options):
-            self.connections += 1
             logger.info("connected to the bus at %s", shown)
-            self.connected.set()
+            self.is_connected = True
             try:
                 if await self._serve(ws, done):
                     logger.info("closed the bus connection (1001 going away)")
                     return
             finally:
-                self.connected.clear()
+                self.is_connected = False
             logger.warning("lost the bus connection (%s); reconnecting", _close_reason(ws))
 
     async def _serve(self, ws: ClientConnection, done: asyncio.Event) -> bool:

@@ -46,6 +46,7 @@ class FakeBus(LoopbackServer):
         self.raw: list[str] = []
         self.replies: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.tokens: list[str | None] = []
+        self.extensions: list[str | None] = []  # Sec-WebSocket-Extensions offered per connection
         self.close_codes: list[int | None] = []
         self.current: ServerConnection | None = None
         self._assembler = ReplyAssembler()
@@ -55,6 +56,7 @@ class FakeBus(LoopbackServer):
         assert ws.request is not None
         query = parse_qs(urlsplit(ws.request.path).query)
         self.tokens.append(query.get("token", [None])[0])
+        self.extensions.append(ws.request.headers.get("Sec-WebSocket-Extensions"))
         async with self._changed:
             self.current = ws
             self._changed.notify_all()

@@ -11,6 +11,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
+from csvgen.bus import connect_options
 from csvgen.frames import Action, encode_action
 from csvgen.routes import Router
 from csvgen.worker import serve as serve_worker
@@ -72,6 +73,20 @@ async def test_token_goes_in_the_query(bus: FakeBus) -> None:
     async with running_worker(make_settings(bus, bus_token="s3cr3t"), Routes().router):
         await bus.wait_connections(1)
     assert bus.tokens == ["s3cr3t"]
+
+
+async def test_loopback_link_offers_no_compression(bus: FakeBus) -> None:
+    """On a loopback bus, permessage-deflate is not offered (it only costs CPU there)."""
+    async with running_worker(make_settings(bus), Routes().router):
+        await bus.wait_connections(1)
+    assert bus.extensions == [None]
+
+
+def test_remote_links_offer_compression() -> None:
+    assert (
+        connect_options(make_settings(FakeBus()), "wss://ws.auravision.ai")["compression"]
+        == "deflate"
+    )
 
 
 async def test_unknown_route(bus: FakeBus) -> None:
