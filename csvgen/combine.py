@@ -27,7 +27,6 @@ from .plan import VALUE_FIELDS, ColumnSpec, ExportPlan, MetricPlan
 __all__ = ["FORMULA_STARTS", "combine", "fields_read"]
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA = "^[=+\\-@\t\r]"
 
 
 def combine(
@@ -95,18 +94,18 @@ def combine(
     )
 
 
-def fields_read(plan: ExportPlan, metric: MetricPlan) -> dict[str, Any] | None:
-    """The record fields the CSV reads from ``metric``'s answer, typed for a fast read.
+def fields_read(plan: ExportPlan, m: int) -> dict[str, Any] | None:
+    """The record fields the CSV reads from ``plan.metrics[m]``'s answer, typed for a fast read.
 
     None when a column reads inside a nested value (``field``): then types are inferred.
     """
-    m = plan.metrics.index(metric)
+    metric = plan.metrics[m]
     columns = [c for c in plan.columns if c.metric == m]
     if any(c.path for c in columns):
         return None
     fields: dict[str, Any] = {_field_of(metric, d): pl.String for d in plan.key_dimensions}
     fields.update({_field_of(metric, k): pl.String for c in columns for k, _ in c.filter})
-    fields.update({(c.fetch_value or VALUE_FIELDS[metric.route][0]): pl.Float64 for c in columns})
+    fields.update({_value_field(metric, c): pl.Float64 for c in columns})
     return fields
 
 
@@ -141,9 +140,8 @@ def _key_exprs(plan: ExportPlan, metric: MetricPlan, frame: pl.DataFrame) -> lis
     exprs = []
     for dim in plan.key_dimensions:
         if dim == "index":
-            width = (
-                10 if plan.date_only else 19
-            )  # YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, no zone change
+            # YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, no zone change
+            width = 10 if plan.date_only else 19
             exprs.append(_text(frame, "index").str.slice(0, width))
         else:
             exprs.append(_text(frame, _field_of(metric, dim)))
@@ -152,6 +150,11 @@ def _key_exprs(plan: ExportPlan, metric: MetricPlan, frame: pl.DataFrame) -> lis
 
 def _field_of(metric: MetricPlan, dim: str) -> str:
     return metric.entity_type if dim == "entity" else dim
+
+
+def _value_field(metric: MetricPlan, col: ColumnSpec) -> str:
+    """The record field a value column reads: its fetchValue, or the route's one field."""
+    return col.fetch_value or VALUE_FIELDS[metric.route][0]
 
 
 def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
@@ -166,7 +169,7 @@ def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
 
 def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
     """``record[fetchValue]``, then ``field``'s dotted path into it; missing → null."""
-    name = col.fetch_value or VALUE_FIELDS[metric.route][0]
+    name = _value_field(metric, col)
     if name not in frame.columns:
         return pl.lit(None)
     expr = pl.col(name)
@@ -212,4 +215,5 @@ def _as_text(dtype: Any, name: str) -> pl.Expr:
 def _formula_safe(name: str) -> pl.Expr:
     """Text a spreadsheet would run as a formula gets a leading quote; numbers never do."""
     col = pl.col(name)
-    return pl.when(col.str.contains(_FORMULA)).then(pl.lit("'") + col).otherwise(col).alias(name)
+    formula = pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
+    return pl.when(formula).then(pl.lit("'") + col).otherwise(col).alias(name)

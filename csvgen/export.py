@@ -156,21 +156,21 @@ class CsvExport:
                 except UpstreamError as exc:
                     raise MetricFailed(metric.metric_id, exc.message) from None
 
-        same: dict[bytes, list[MetricPlan]] = {}
-        for m in plan.metrics:
-            same.setdefault(fingerprint(m.route, m.body), []).append(m)
+        same: dict[bytes, list[int]] = {}  # one upstream request → the metric requests it serves
+        for n, m in enumerate(plan.metrics):
+            same.setdefault(fingerprint(m.route, m.body), []).append(n)
         try:
             async with asyncio.TaskGroup() as tg:
-                task_of: dict[str, asyncio.Task[pl.DataFrame]] = {}
-                for metrics in same.values():
-                    task = tg.create_task(one(metrics[0], _union(plan, metrics)))
-                    task_of.update((m.metric_id, task) for m in metrics)
+                task_of: dict[int, asyncio.Task[pl.DataFrame]] = {}
+                for served in same.values():
+                    task = tg.create_task(one(plan.metrics[served[0]], _union(plan, served)))
+                    task_of.update(dict.fromkeys(served, task))
                 refs = tg.create_task(self._reference_data(plan))
         except ExceptionGroup as group:
             raise _first(group.exceptions) from None
         found = refs.result()
         names = {eid: str(r["name"]) for eid, r in found.items() if "name" in r}
-        frames = [task_of[m.metric_id].result() for m in plan.metrics]
+        frames = [task_of[n].result() for n in range(len(plan.metrics))]
         return frames, names, _owner(plan.metrics[0], found)
 
     async def _metric(self, metric: MetricPlan) -> bytes:
@@ -230,11 +230,11 @@ class CsvExport:
         return found
 
 
-def _union(plan: ExportPlan, metrics: list[MetricPlan]) -> Schema | None:
-    """The fields all of ``metrics`` read from their one shared answer (None: infer them)."""
+def _union(plan: ExportPlan, served: list[int]) -> Schema | None:
+    """The fields the metric requests ``served`` read from their one shared answer (None: infer)."""
     union: dict[str, Any] = {}
-    for metric in metrics:
-        fields = fields_read(plan, metric)
+    for m in served:
+        fields = fields_read(plan, m)
         if fields is None:
             return None
         union.update(fields)
