@@ -39,6 +39,7 @@ ROUTE = "external-service/csv-generator"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
 GZIP_CONTENT_TYPE = "application/gzip"
 REFERENCE_TTL_S = 3600.0
+MAX_REFERENCES = 100_000
 
 
 #: Answers read into frames at once: each read is memory-hungry, and there are two cores.
@@ -220,6 +221,8 @@ class CsvExport:
             else:
                 missing.append(eid)
         if missing:
+            if len(self._references) > MAX_REFERENCES:
+                self._references.clear()  # a long-lived worker must not grow without end
             body = {"returnEntityType": entity_type, "entities": missing, "entityType": entity_type}
             async with asyncio.timeout(self.settings.metric_timeout_s):
                 answer = await self.metrics.request("detail", "detail/list", body)

@@ -158,6 +158,7 @@ class FakeMetrics(LoopbackServer):
         self._batch: list[tuple[ServerConnection, list[str]]] = []
         self.connections: list[ServerConnection] = []
         self.drop_once: str | None = None  # cut the link on the first request for this route
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def stop(self) -> None:
         self.hold.set()  # a held handler must not keep the server from closing
@@ -191,8 +192,16 @@ class FakeMetrics(LoopbackServer):
                 refs = [r for r in self.references if r["id"] in wanted]
                 await ws.send(f"{data['id']}|0|0|{orjson.dumps(refs).decode()}")
                 continue
-            answer = self.answer_for(data["route"], data["body"])
-            await self.hold.wait()
+            # Each metric request is answered in its own task, as a real API would, so a
+            # held answer holds back nothing else.
+            task = asyncio.create_task(self._answer(ws, data))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, ws: ServerConnection, data: dict[str, Any]) -> None:
+        answer = self.answer_for(data["route"], data["body"])
+        await self.hold.wait()
+        with contextlib.suppress(ConnectionClosed):
             if isinstance(answer, RawFrames):
                 frames = answer.frames(data["id"])
             else:
@@ -201,7 +210,7 @@ class FakeMetrics(LoopbackServer):
                 self._batch.append((ws, frames))
                 if len(self._batch) == self.interleave:
                     await self._send_interleaved()
-                continue
+                return
             for f in frames:
                 await ws.send(f)
             await self.answered.put(data["route"])

@@ -249,3 +249,43 @@ async def test_file_over_the_byte_limit_is_too_large(
     size = len(b"Date,Entries\r\n") + 5 * len(b"2024-01-01,100\r\n")
     assert payload["error"]["message"] == f"the export is {size} bytes; the limit is 40"
     assert "Contents" not in s3.client().list_objects_v2(Bucket="aura-exports")
+
+
+async def test_metric_requests_of_one_export_run_at_once(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """Three metric requests are all in flight before any answer comes back."""
+    body = seed()
+    for mid, fetch in (("p", "passers_by"), ("c", "capture_rate")):
+        body["metricRequests"].append({**body["metricRequests"][0], "metricId": mid})
+        body["csvFormat"]["columns"].append({"heading": mid, "metricId": mid, "fetchValue": fetch})
+    for route in ("entries", "passers-by", "capture-rate"):
+        metrics.answers.append(({"route": route}, {"segments": []}))
+    metrics.hold.clear()
+    async with running_exporter(bus, metrics):
+        await bus.send(request("together", body))
+        seen: set[str] = set()
+        async with asyncio.timeout(5):  # one after another, the second would never come
+            while len(seen - {"detail/list"}) < 3:
+                seen.add(await metrics.received.get())
+        metrics.hold.set()
+        _, payload = await bus.reply()
+    assert payload["body"][0]["rowCount"] == 0
+
+
+async def test_entity_names_are_looked_up_once_an_hour(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """A second export naming the same entity uses the cached reference data."""
+    body = seed()
+    body["csvFormat"]["columns"].insert(1, {"heading": "Location name"})
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.references = [{"id": L1, "name": "Oxford Street Store", "organisation_id": "org1"}]
+    async with running_exporter(bus, metrics):
+        for rid in ("n1", "n2"):
+            await bus.send(request(rid, body))
+            _, payload = await bus.reply()
+            assert payload["body"][0]["key"].startswith("exports/org1/")
+        url = payload["body"][0]["signedUrl"]
+    assert download(url).split(b"\r\n")[1] == b"2024-01-01,Oxford Street Store,100"
+    assert [route for _, route, _ in metrics.requests].count("detail/list") == 1
