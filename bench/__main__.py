@@ -15,7 +15,6 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,60 +23,13 @@ import orjson
 
 from bench.cases import DATA_DIR, ensure_data
 from csvgen.plan import make_plan
+from csvgen.standin.child import Child
 from csvgen.standin.demo import submit
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 #: For working on one case: BENCH_CASES=big (the report then shows only what ran).
 CASES = os.environ.get("BENCH_CASES", "big,small,concurrency").split(",")
-ROOT = Path(__file__).parent.parent
-
-
-class Proc:
-    """A child process whose stdout/stderr lines are collected."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.env = env
-        self.lines: list[str] = []
-        self.changed = asyncio.Condition()
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, env=self.env, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        self.reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            async with self.changed:
-                self.lines.append(raw.decode().rstrip())
-                self.changed.notify_all()
-
-    async def line(self, pattern: str, after: int = 0, within: float = 120) -> str:
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            return next((ln for ln in self.lines[after:] if regex.search(ln)), None)
-
-        async with asyncio.timeout(within), self.changed:
-            await self.changed.wait_for(lambda: found() is not None)
-        return found() or ""
-
-    def peak_rss(self) -> int:
-        """VmHWM: the peak resident set size of the process so far, in bytes."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        async with asyncio.timeout(90):
-            await self.proc.wait()
-            await self.reader
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -88,18 +40,17 @@ def shown(s: dict[str, float], unit: str = "s", scale: float = 1.0) -> str:
     return f"{s['median'] * scale:.3f} {unit} ({s['min'] * scale:.3f}–{s['max'] * scale:.3f})"
 
 
-async def replay(case: str, latency_ms: float = 0) -> tuple[Proc, dict[str, Any]]:
-    proc = await Proc(sys.executable, "-m", "bench.replay", str(DATA_DIR / case),
-                      "--latency-ms", str(latency_ms)).start()  # fmt: skip
-    line = await proc.line("^replay-ready ")
+async def replay(case: str, latency_ms: float = 0) -> tuple[Child, dict[str, Any]]:
+    args = (str(DATA_DIR / case), "--latency-ms", str(latency_ms))
+    proc = await Child(*args, module="bench.replay", stream="both").start()
+    line = await proc.wait_for_line("replay-ready ", within=120)
     return proc, json.loads(line.removeprefix("replay-ready "))
 
 
-async def worker(info: dict[str, Any], **settings: str) -> Proc:
-    env = {**os.environ, **info["env"], **settings}
-    proc = await Proc(sys.executable, "-m", "csvgen", "run", env=env).start()
-    await proc.line("connected to the bus")
-    await proc.line("connected to the metrics API")
+async def worker(info: dict[str, Any]) -> Child:
+    proc = await Child("run", env={**os.environ, **info["env"]}, stream="both").start()
+    await proc.wait_for_line("connected to the bus")
+    await proc.wait_for_line("connected to the metrics API")
     return proc
 
 
@@ -123,7 +74,7 @@ async def stats(info: dict[str, Any]) -> dict[str, Any]:
 STAGES = re.compile(r"stages id=(\S+) (.*)")
 
 
-def stages_of(proc: Proc, rid: str) -> dict[str, float]:
+def stages_of(proc: Child, rid: str) -> dict[str, float]:
     for line in proc.lines:
         m = STAGES.search(line)
         if m and m.group(1) == rid:
@@ -145,22 +96,22 @@ async def big_case() -> dict[str, Any]:
             reply = await submit(info["submit"], frame(rid, request("big")), timeout_s=600)
             seconds = time.perf_counter() - started
             item = reply["body"][0]
-            await w.line(f"stages id={rid} ")
+            await w.wait_for_line(f"stages id={rid} ")
             runs.append({"seconds": seconds, "peak_rss": w.peak_rss(), "rows": item["rowCount"],
                          "bytes": item["sizeBytes"], "stages": stages_of(w, rid)})  # fmt: skip
-            await w.stop()
+            await w.stop(within=90)
             print(f"  csvgen run {n + 1}: {seconds:.2f} s, {runs[-1]['peak_rss'] / 1e9:.2f} GB, "
                   f"{item['rowCount']} rows", flush=True)  # fmt: skip
         baseline = []
         endpoint = info["env"]["AWS_ENDPOINT_URL_S3"]
         for n in range(RUNS):
             env = {**os.environ, **info["env"]}
-            base = await Proc(sys.executable, "-m", "bench.baseline", str(DATA_DIR / "big"),
-                              str(DATA_DIR / "big" / "request-0.json"), endpoint, "aura-exports",
-                              env=env).start()  # fmt: skip
-            line = await base.line(r'^\{"seconds"', within=900)
-            await base.stop()
-            baseline.append(json.loads(line))
+            args = (str(DATA_DIR / "big"), str(DATA_DIR / "big" / "request-0.json"), endpoint,
+                    "aura-exports")  # fmt: skip
+            base = await Child(*args, env=env, module="bench.baseline", stream="stdout").start()
+            if await base.wait(within=900) != 0:
+                raise RuntimeError("the pandas baseline failed")
+            baseline.append(json.loads(base.lines[-1]))
             print(f"  pandas run {n + 1}: {baseline[-1]['seconds']:.2f} s, "
                   f"{baseline[-1]['peak_rss'] / 1e9:.2f} GB", flush=True)  # fmt: skip
     finally:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from ..frames import ReplyAssembler
+from .child import Child
 
 __all__ = ["SEED_REQUEST", "download", "main", "submit"]
 
@@ -75,42 +75,17 @@ def download(url: str) -> bytes:
         return data
 
 
-async def _start_standin() -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "csvgen", "standin", stdout=asyncio.subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(60):
-        async for raw in proc.stdout:
-            line = raw.decode()
-            if line.startswith("standin-ready "):
-                info: dict[str, Any] = json.loads(line.removeprefix("standin-ready "))
-                return proc, info
-            print(line, end="")
-    raise RuntimeError("the stand-in exited before it was ready")
-
-
-async def _stop(proc: asyncio.subprocess.Process, sig: signal.Signals) -> int:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-    try:
-        async with asyncio.timeout(30):
-            return await proc.wait()
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
-
-
 async def demo(frame: dict[str, Any], rows: int) -> int:
     frame = {**frame, "data": {**frame["data"], "id": f"demo-{int(time.time())}"}}
-    standin, info = await _start_standin()
+    standin = await Child("standin", stream="stdout").start()
     worker = None
     try:
+        ready = await standin.wait_for_line("standin-ready ", within=60)
+        for line in standin.lines[:-1]:
+            print(line)
+        info = json.loads(ready.removeprefix("standin-ready "))
         print(f"stand-in up: submitting to {info['submit']}")
-        env = {**os.environ, **info["env"]}
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "csvgen", "run", env=env
-        )
+        worker = await Child("run", env={**os.environ, **info["env"]}, stream="inherit").start()
         started = time.monotonic()
         reply = await submit(info["submit"], frame)
         print(f"\nreply after {time.monotonic() - started:.2f} s:")
@@ -128,8 +103,8 @@ async def demo(frame: dict[str, Any], rows: int) -> int:
         return 0
     finally:
         if worker is not None:
-            await _stop(worker, signal.SIGTERM)
-        await _stop(standin, signal.SIGINT)
+            await worker.stop(signal.SIGTERM)
+        await standin.stop(signal.SIGINT)
 
 
 def main(args: argparse.Namespace) -> int:
