@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,8 +67,7 @@ class Totals:
     volume: float = 0.0
     open_hours: int = 0
     peak_hour: int = 0
-    hours: int = 0
-    first: datetime | None = field(default=None)
+    first: datetime | None = None  # the bucket's first hour (seeds uptime's jitter)
 
 
 class MetricsAPI:
@@ -235,7 +234,6 @@ class MetricsAPI:
 
 
 def _add(totals: Totals, hour: Any) -> None:
-    totals.hours += 1
     if hour is None:
         return
     totals.entries += hour.entries

@@ -49,15 +49,16 @@ NAMED_ORGS = (
     ("64a1b2c3d4e5f6a7b8c9d0f0", "Nordlicht Mode", "Europe/Berlin", "EUR"),
     ("64a1b2c3d4e5f6a7b8c9d0f1", "Harbour & Co", "America/New_York", "USD"),
 )
+#: (id, name, index into NAMED_ORGS); locations beyond these are generated.
 NAMED_LOCATIONS = (
-    ("64a1b2c3d4e5f6a7b8c9d0e3", "Oxford Street Store"),
-    ("64a1b2c3d4e5f6a7b8c9d0e6", "Regent Street Store"),
-    ("64a1b2c3d4e5f6a7b8c9d0e7", "Kings Road Store"),
-    ("64a1b2c3d4e5f6a7b8c9d0e8", "Covent Garden Store"),
-    ("64a1b2c3d4e5f6a7b8c9d0f2", "Berlin Mitte"),
-    ("64a1b2c3d4e5f6a7b8c9d0f3", "Hamburg Jungfernstieg"),
-    ("64a1b2c3d4e5f6a7b8c9d0f4", "Fifth Avenue"),
-    ("64a1b2c3d4e5f6a7b8c9d0f5", "Boston Newbury Street"),
+    ("64a1b2c3d4e5f6a7b8c9d0e3", "Oxford Street Store", 0),
+    ("64a1b2c3d4e5f6a7b8c9d0e6", "Regent Street Store", 0),
+    ("64a1b2c3d4e5f6a7b8c9d0e7", "Kings Road Store", 0),
+    ("64a1b2c3d4e5f6a7b8c9d0e8", "Covent Garden Store", 0),
+    ("64a1b2c3d4e5f6a7b8c9d0f2", "Berlin Mitte", 1),
+    ("64a1b2c3d4e5f6a7b8c9d0f3", "Hamburg Jungfernstieg", 1),
+    ("64a1b2c3d4e5f6a7b8c9d0f4", "Fifth Avenue", 2),
+    ("64a1b2c3d4e5f6a7b8c9d0f5", "Boston Newbury Street", 2),
 )
 
 
@@ -142,26 +143,19 @@ class DataSet:
         self.organisations = [Organisation(*o) for o in NAMED_ORGS]
         self.locations: list[Location] = []
         for n in range(locations):
-            org = (
-                self.organisations[0 if n < 4 else 1 if n < 6 else 2]
-                if n < 8
-                else (self.organisations[n % 3])
-            )
-            lid, name = (
-                NAMED_LOCATIONS[n]
-                if n < len(NAMED_LOCATIONS)
-                else (f"64a1b2c3{n:016x}", f"Store {n:04d}")
+            named = n < len(NAMED_LOCATIONS)
+            lid, name, org = (
+                NAMED_LOCATIONS[n] if named else (f"64a1b2c3{n:016x}", f"Store {n:04d}", n % 3)
             )
             u = [unit(seed, n, k) for k in range(8)]
             self.locations.append(Location(
-                id=lid, name=name, organisation=org, number=n,
+                id=lid, name=name, organisation=self.organisations[org], number=n,
                 daily_base=1000 + 300 * u[0], capture=0.18 + 0.05 * u[1],
                 conversion=0.13 + 0.02 * u[2], atv=45 + 5 * u[3], upt=2.1 + 0.4 * u[4],
                 opens=9 if u[5] < 0.6 else 10, closes=20 if u[6] < 0.5 else 21,
                 sunday_closed=u[7] < 0.15,
             ))  # fmt: skip
         self.by_id = {loc.id: loc for loc in self.locations}
-        self.orgs_by_id = {org.id: org for org in self.organisations}
 
     def hour(self, loc: Location, when: datetime) -> Hour | None:
         """The counts of one location in one hour (local time), ``None`` outside opening hours."""
