@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
+from csvgen.frames import Action, ReplyAssembler, encode_action
 from csvgen.standin.api import MetricsAPI
 from csvgen.standin.data import DataSet, apportion
+from csvgen.standin.server import Standin
 
 API = MetricsAPI(DataSet())
 OXFORD = API.data.locations[0]
@@ -122,3 +125,27 @@ def test_detail_list_answers_locations_and_organisations() -> None:
 def test_apportion_keeps_the_total(total: int, shares: list[float]) -> None:
     parts = apportion(total, shares)
     assert sum(parts) == total and all(p >= 0 for p in parts)
+
+
+async def test_big_answers_come_in_interleaved_parts() -> None:
+    """Above part_chars an answer is split; parts of two answers in flight alternate."""
+    standin = await Standin(part_chars=2000).start()
+    try:
+        async with connect(standin.metrics_url) as ws:
+            for rid in ("a", "b"):
+                body = {"start": "2024-04-01T00:00:00Z", "end": "2024-04-10T23:59:59Z",
+                        "entities": [OXFORD.id], "entityType": "location", "aggregationPeriod": "hour",
+                        "breakdownByDimensions": ["entity"], "facets": ["segments"]}  # fmt: skip
+                await ws.send(encode_action(Action(rid, "entries", body, action="metric")))
+            assembler, order, done = ReplyAssembler(), [], {}
+            while len(done) < 2:
+                frame = await ws.recv()
+                order.append(frame.split("|", 1)[0])
+                if (answer := assembler.feed(frame)) is not None:
+                    done[answer[0]] = answer[1]
+    finally:
+        await standin.stop()
+    assert order.count("a") > 5 and order.count("b") > 5
+    first_b = order.index("b")
+    assert "a" in order[first_b:]  # b's parts began before a's were all sent
+    assert done["a"] == done["b"] and len(done["a"]["segments"]) == 10 * 24

@@ -49,12 +49,19 @@ AWS_STANDIN_ENV = {
 
 
 class _Interleaver:
-    """Sends the frames of several answers on one connection, one frame of each in turn."""
+    """Sends the frames of several answers on one connection, one frame of each in turn.
+
+    While an answer to this connection is being computed, nothing is sent: answers
+    to requests that arrived together are then all queued before the first frame
+    goes out, so their parts really interleave (a computed answer is ready far
+    faster than a real API would stream it).
+    """
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.queues: dict[str, collections.deque[str | bytes]] = {}
         self.wake = asyncio.Event()
+        self.computing = 0
 
     def add(self, rid: str, frames: list[str] | list[bytes]) -> None:
         self.queues.setdefault(rid, collections.deque()).extend(frames)
@@ -64,7 +71,7 @@ class _Interleaver:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.queues:
+            while self.queues and not self.computing:
                 for rid in list(self.queues):
                     queue = self.queues[rid]
                     await self.ws.send(queue.popleft(), text=True)
@@ -158,6 +165,7 @@ class Standin:
             self.waiting.append((rid, text))
             self._flush_waiting()
         else:
+            interleaver.computing += 1  # counted from receipt, so the next request overlaps
             task = asyncio.create_task(self._answer(interleaver, rid, action, data))
             task.add_done_callback(_log_failure)
 
@@ -199,8 +207,12 @@ class Standin:
 
     async def _answer(self, out: _Interleaver, rid: str, action: str, data: dict[str, Any]) -> None:
         route, body = data.get("route"), data.get("body")
-        # Computing a large answer takes a while: keep the other connections served.
-        frames = await asyncio.to_thread(self.frames, rid, action, route, body)
+        try:
+            # Computing a large answer takes a while: keep the other connections served.
+            frames = await asyncio.to_thread(self.frames, rid, action, route, body)
+        finally:
+            out.computing -= 1
+            out.wake.set()
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         out.add(rid, frames)
