@@ -16,13 +16,20 @@ from csvgen.frames import ReplyAssembler
 
 
 class LoopbackServer:
-    """A WebSocket server on 127.0.0.1, port 0; subclasses give the connection handler."""
+    """A WebSocket server on 127.0.0.1, port 0; subclasses give the connection handler.
+
+    ``process_request`` (websockets') may refuse handshakes, as a flaky server would.
+    """
 
     server: Server | None = None
     uri = ""
+    process_request: Any = None
 
     async def start(self) -> Self:
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
+        self.server = await serve(
+            self._handler, "127.0.0.1", 0, compression=None, max_size=None,
+            process_request=self.process_request,
+        )  # fmt: skip
         self.uri = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -330,3 +331,28 @@ async def test_repeat_outliving_the_grace_is_answered_shutting_down(bus: FakeBus
         stop.set()
         rid, payload = await bus.reply()
     assert (rid, payload["error"]["code"]) == ("d1", "shutting_down")
+
+
+async def test_refused_handshakes_are_retried_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bus answering 503 twice is retried (with a logged delay) until it lets the worker in."""
+    caplog.set_level(logging.INFO, logger="csvgen.websockets")
+    attempts: list[int] = []
+
+    def flaky(connection: Any, request: Any) -> Response | None:
+        attempts.append(1)
+        return connection.respond(503, "busy\n") if len(attempts) <= 2 else None
+
+    routes = Routes()
+    bus = FakeBus()
+    bus.process_request = flaky
+    await bus.start()
+    try:
+        async with running_worker(make_settings(bus), routes.router):
+            await bus.send(frame("after-503"))
+            assert (await bus.reply())[0] == "after-503"
+    finally:
+        await bus.stop()
+    assert len(attempts) == 3
+    assert caplog.text.count("connect failed; reconnecting in") == 2
