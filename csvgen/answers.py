@@ -53,8 +53,8 @@ def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFr
         raise UpstreamError(f"a record of the {facet} array is not an object")
     try:
         return pl.DataFrame(records, infer_schema_length=None, strict=False)
-    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
-        raise UpstreamError(f"the {facet} records cannot be read: {exc}") from None
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        raise UpstreamError(f"the {facet} records cannot be read") from None
 
 
 def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None:

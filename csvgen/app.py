@@ -29,5 +29,5 @@ async def build_router(
             else CsvExport(settings, metrics, storage)
         )
         router = Router()
-        router.add(ROUTE, export.handle, replay=export.replay, summarize=export.summarize)
+        router.add(ROUTE, prepare=export.prepare, replay=export.replay, summarize=export.summarize)
         yield router

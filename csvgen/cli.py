@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import ENV, SECRET_ENV, Settings
+from .config import ENV, SECRET_ENV, Settings, unknown_variables
 from .errors import ConfigError
 
 logger = logging.getLogger("csvgen")
@@ -69,10 +69,12 @@ def _run(args: argparse.Namespace) -> int:
     from . import logs, worker
     from .app import build_router
 
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, secrets=(settings.bus_token, settings.metrics_token))
+    for warning in unknown_variables(os.environ):
+        logger.warning("%s", warning)
     logger.info("starting csvgen worker: %r", settings)
     try:
         return asyncio.run(worker.main(settings, build_router))
-    except Exception as exc:
-        logger.error("worker stopped: %s", exc)
+    except Exception:
+        logger.exception("worker stopped")
         return 1

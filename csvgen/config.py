@@ -2,13 +2,18 @@
 
 :meth:`Settings.from_env` is a pure function of a mapping, so it is tested
 without touching ``os.environ``. Every invalid variable is reported in one
-:class:`~csvgen.errors.ConfigError`. Tokens never appear in ``repr``.
+:class:`~csvgen.errors.ConfigError`, checked in full before anything connects
+(SPEC §8): URLs (scheme, host, port 1–65535), the bucket name (S3's rules), the
+key prefix, ``AWS_ENDPOINT_URL_S3``. Tokens and URL user-info or queries never
+appear in ``repr``; :func:`unknown_variables` names misspelt ``CSVGEN_*`` ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +21,19 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["ENV", "SECRET_ENV", "Settings", "is_loopback_url", "redact_url"]
+__all__ = [
+    "ENV",
+    "SECRET_ENV",
+    "Settings",
+    "is_loopback_url",
+    "redact_url",
+    "unknown_variables",
+]
 
 MAX_URL_EXPIRES_S = 604800  # SigV4's limit: 7 days
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     bus_url: str
     bus_token: str | None = field(default=None, repr=False)
@@ -37,6 +49,12 @@ class Settings:
     shutdown_grace_s: float = 60.0
     max_rows: int = 10_000_000
     max_bytes: int = 5 * 1024**3
+    max_body_bytes: int = 1024 * 1024
+    max_body_depth: int = 32
+    max_metric_requests: int = 50
+    max_columns: int = 500
+    max_answer_bytes: int = 4 * 1024**3
+    export_timeout_s: float = 1800.0
     max_frame_bytes: int = 64 * 1024**2
     max_metric_concurrency: int = 4
     reconnect_max_delay_s: float = 60.0
@@ -73,6 +91,12 @@ class Settings:
                 problems.append(f"{name}: {exc}")
         if "bus_url" not in values and not any(p.startswith("CSVGEN_BUS_URL") for p in problems):
             problems.append("CSVGEN_BUS_URL: required (the bus WebSocket URL, ws:// or wss://)")
+        endpoint = merged.get("AWS_ENDPOINT_URL_S3")
+        if endpoint:
+            try:
+                _url(endpoint, ("http", "https"))
+            except ValueError as exc:
+                problems.append(f"AWS_ENDPOINT_URL_S3: {exc}")
         if problems:
             raise ConfigError(problems)
         return cls(**values)
@@ -80,19 +104,48 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def __repr__(self) -> str:
+        """Every field but the tokens; URLs without user-info or query (safe to log)."""
+        shown = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name.endswith("_url"):
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+def _url(raw: str, schemes: tuple[str, ...]) -> str:
+    """``raw`` if it is a URL of one of ``schemes`` with a host and a port in 1–65535."""
+    shown = " or ".join(f"{s}://" for s in schemes)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"must be a {shown} URL with a port in 1-65535") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a {shown} URL, got {redact_url(raw)!r}")
+    if port == 0:
+        raise ValueError("the port must be in 1-65535, got 0")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+        raise ValueError("must not contain spaces or control characters")
+    return raw
+
 
 def _ws_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"must be a ws:// or wss:// URL, got {redact_url(raw)!r}")
-    return raw
+    return _url(raw, ("ws", "wss"))
 
 
 def redact_url(raw: str) -> str:
     """A URL safe to print: no query string (it may hold a token) and no user info."""
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<a malformed URL>"
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else raw.split("?")[0]
 
 
@@ -120,16 +173,34 @@ def _seconds(raw: str) -> float:
     return value
 
 
-def _non_empty(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("must not be blank")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket(raw: str) -> str:
+    """S3's bucket naming rules (general purpose buckets)."""
+    if not _BUCKET.match(raw):
+        raise ValueError(
+            "must be 3-63 characters of lowercase letters, digits, dots and hyphens, "
+            f"starting and ending with a letter or digit, got {raw[:80]!r}"
+        )
+    if ".." in raw or ".-" in raw or "-." in raw:
+        raise ValueError(f"must not hold '..', '.-' or '-.', got {raw!r}")
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", raw):
+        raise ValueError(f"must not be formatted as an IP address, got {raw!r}")
     return raw
 
 
 def _key_prefix(raw: str) -> str:
-    prefix = raw.strip("/")
+    if raw.startswith("/"):
+        raise ValueError(f"must not start with '/', got {raw[:80]!r}")
+    prefix = raw.rstrip("/")
     if not prefix:
         raise ValueError("must not be empty")
+    segments = prefix.split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise ValueError(f"must not hold empty, '.' or '..' segments, got {raw[:80]!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in prefix):
+        raise ValueError("must not hold control characters")
     return prefix
 
 
@@ -146,7 +217,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_BUS_TOKEN": ("bus_token", str),
     "CSVGEN_METRICS_URL": ("metrics_url", _ws_url),
     "CSVGEN_METRICS_TOKEN": ("metrics_token", str),
-    "CSVGEN_BUCKET": ("bucket", _non_empty),
+    "CSVGEN_BUCKET": ("bucket", _bucket),
     "CSVGEN_KEY_PREFIX": ("key_prefix", _key_prefix),
     "CSVGEN_URL_EXPIRES_S": ("url_expires_s", _int_range(1, MAX_URL_EXPIRES_S)),
     "CSVGEN_MAX_CONCURRENT_EXPORTS": ("max_concurrent_exports", _int_range(1)),
@@ -156,6 +227,12 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_SHUTDOWN_GRACE_S": ("shutdown_grace_s", _seconds),
     "CSVGEN_MAX_ROWS": ("max_rows", _int_range(0)),
     "CSVGEN_MAX_BYTES": ("max_bytes", _int_range(1)),
+    "CSVGEN_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
+    "CSVGEN_MAX_BODY_DEPTH": ("max_body_depth", _int_range(4, 200)),
+    "CSVGEN_MAX_METRIC_REQUESTS": ("max_metric_requests", _int_range(1)),
+    "CSVGEN_MAX_COLUMNS": ("max_columns", _int_range(1)),
+    "CSVGEN_MAX_ANSWER_BYTES": ("max_answer_bytes", _int_range(1)),
+    "CSVGEN_EXPORT_TIMEOUT_S": ("export_timeout_s", _seconds),
     "CSVGEN_MAX_FRAME_BYTES": ("max_frame_bytes", _int_range(1024)),
     "CSVGEN_MAX_METRIC_CONCURRENCY": ("max_metric_concurrency", _int_range(1)),
     "CSVGEN_RECONNECT_MAX_DELAY_S": ("reconnect_max_delay_s", _seconds),
@@ -165,6 +242,17 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 #: Variables that are never accepted as command-line flags: argv is visible in `ps`.
 SECRET_ENV = frozenset({"CSVGEN_BUS_TOKEN", "CSVGEN_METRICS_TOKEN"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``CSVGEN_*`` variable csvgen does not know, naming the closest one."""
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("CSVGEN_") and name not in ENV:
+            close = difflib.get_close_matches(name, ENV, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"unknown variable {name[:80]} is ignored{hint}")
+    return warnings
 
 
 def is_loopback_url(url: str) -> bool:

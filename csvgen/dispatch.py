@@ -4,18 +4,24 @@ Theory of operation
 -------------------
 
 :meth:`Dispatcher.receive` is called by the single bus reader for every text
-frame. It never blocks and never raises: it parses, routes and either puts an
-immediate reply in the :class:`Outbox` (errors, idempotent re-answers) or
-starts one task for the export. Tasks run at most ``max_concurrent_exports`` at
-a time (a semaphore); admitted tasks beyond that wait, and at most
-``max_queued_exports`` may wait: the next one is answered ``overloaded``.
+frame. It never blocks and never raises: it parses (refusing oversized or too
+deeply nested bodies first), routes, validates the body through the route's
+``prepare`` (SPEC §8: an invalid request is answered at once, even while every
+slot is busy) and either puts an immediate reply in the :class:`Outbox` (errors,
+idempotent re-answers) or starts one task for the prepared job. Tasks run at
+most ``max_concurrent_exports`` at a time (a semaphore); admitted tasks beyond
+that wait, holding their plan and not their body, and at most
+``max_queued_exports`` may wait: the next one is answered ``overloaded``. Each
+admitted export has a deadline, ``export_timeout_s`` from admission to reply,
+waiting included: past it the job is cancelled and answered ``export_timeout``.
 
 Every reply goes through the :class:`Outbox`, which outlives connections: the bus
 sends from it while connected and leaves it alone while not, so a reply made
 during an outage is sent after the reconnect.
 
 Idempotency (protocol.md, "Idempotency"): an id in flight gains one more
-receipt and is answered once per receipt when its export ends; a successful id
+receipt (at most ``MAX_RECEIPTS``; more are dropped with one warning per id)
+and is answered once per receipt when its export ends; a successful id
 is remembered for ``dedupe_ttl_s`` and answered again at once through the
 route's ``replay`` hook. Errors are not remembered, so a failed request may be
 retried with the same id. The same id with another body is ``invalid_request``.
@@ -36,7 +42,9 @@ from typing import Any
 
 from . import frames
 from .errors import (
+    BodyTooLarge,
     Detail,
+    ExportTimeout,
     FrameError,
     InternalError,
     InvalidEnvelope,
@@ -44,8 +52,9 @@ from .errors import (
     Overloaded,
     ReplyError,
     ShuttingDown,
+    echo,
 )
-from .routes import Route, Router
+from .routes import Job, Route, Router
 
 __all__ = ["Dispatcher", "Outbox"]
 
@@ -54,6 +63,8 @@ logger = logging.getLogger(__name__)
 ROUTE_PREFIX = "external-service/"
 #: Finished requests remembered for idempotency at most (the oldest go first).
 MAX_REMEMBERED = 100_000
+#: Receipts of one in-flight id answered at most (SPEC §8).
+MAX_RECEIPTS = 16
 
 
 class Outbox:
@@ -93,6 +104,7 @@ class Outbox:
 class _InFlight:
     fingerprint: bytes
     receipts: int = 1
+    dropped: int = 0  # receipts over MAX_RECEIPTS
 
 
 @dataclass(slots=True)
@@ -112,6 +124,9 @@ class Dispatcher:
         max_concurrent: int,
         max_queued: int,
         dedupe_ttl_s: float,
+        export_timeout_s: float = 1800.0,
+        max_body_bytes: int = frames.MAX_BODY_BYTES,
+        max_depth: int = frames.MAX_DEPTH,
         stop: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -120,6 +135,9 @@ class Dispatcher:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.export_timeout_s = export_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.max_depth = max_depth
         self.clock = clock
         # Draining starts the moment stop is set, not when the drain coroutine runs.
         self.stop = stop if stop is not None else asyncio.Event()
@@ -139,11 +157,13 @@ class Dispatcher:
         """Handle one inbound frame. Never raises: no input stops the worker."""
         logger.debug("frame in: %r (%d chars)", text[:200], len(text))
         try:
-            action = frames.parse_action(text)
+            action = frames.parse_action(
+                text, max_body_bytes=self.max_body_bytes, max_depth=self.max_depth
+            )
         except FrameError as exc:
             logger.warning("dropped frame: %s (%d chars)", exc.reason, len(text))
             return
-        except InvalidEnvelope as exc:
+        except (InvalidEnvelope, BodyTooLarge) as exc:
             logger.info("request %s: %s", exc.request_id, exc)
             self._reply(exc.request_id, exc.as_json())
             return
@@ -153,7 +173,7 @@ class Dispatcher:
         try:
             self._accept(action)
         except ReplyError as exc:
-            self._log(action, exc.code, 0.0)
+            self._log(action.id, action.route, exc.code, 0.0)
             self._reply(action.id, exc.as_json())
         except Exception:
             logger.exception("request %s: bug while accepting", action.id)
@@ -168,8 +188,17 @@ class Dispatcher:
         self._expire()
         if (flight := self._in_flight.get(action.id)) is not None:
             _check_same(action.id, flight.fingerprint, fp)
-            flight.receipts += 1
-            logger.info("request %s: duplicate of a request in flight", action.id)
+            if flight.receipts < MAX_RECEIPTS:
+                flight.receipts += 1
+                logger.info("request %s: duplicate of a request in flight", action.id)
+            else:
+                flight.dropped += 1
+                if flight.dropped == 1:
+                    logger.warning(
+                        "request %s: more than %d receipts in flight; the rest are dropped",
+                        action.id,
+                        MAX_RECEIPTS,
+                    )
             return
         if (done := self._done.get(action.id)) is not None:
             _check_same(action.id, done.fingerprint, fp)
@@ -177,11 +206,12 @@ class Dispatcher:
             return
         if self.draining:
             raise ShuttingDown()
+        job = route.prepare(action)  # validates: an invalid request is answered now
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise Overloaded(max(0, self._admitted - self.max_concurrent))
         self._admitted += 1
         self._in_flight[action.id] = _InFlight(fp)
-        self._spawn(self._export(action, route, fp))
+        self._spawn(self._export(action.id, action.route, route, job, fp))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -190,56 +220,54 @@ class Dispatcher:
 
     # -- tasks -----------------------------------------------------------------
 
-    async def _export(self, action: frames.Action, route: Route, fp: bytes) -> None:
+    async def _export(self, rid: str, name: str, route: Route, job: Job, fp: bytes) -> None:
         start = self.clock()
-        payload: Any
-        outcome = "ok"
+        deadline = asyncio.timeout(self.export_timeout_s)
         try:
-            async with self._slots:
-                payload = await route.handle(action)
-        except ReplyError as exc:
-            payload, outcome = exc.as_json(), exc.code
+            async with deadline, self._slots:
+                payload = await _outcome(job, f"request {rid}: bug in the handler of {name}")
         except asyncio.CancelledError:
             if self.draining:
-                self._finish(action, ShuttingDown().as_json(), "shutting_down", start)
+                self._finish(rid, name, ShuttingDown().as_json(), "shutting_down", start)
             raise
-        except Exception:
-            logger.exception("request %s: bug in the handler of %s", action.id, action.route)
-            payload, outcome = InternalError().as_json(), "internal"
-        else:
-            self._done[action.id] = _Done(fp, payload, route, self.clock())
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            payload = ExportTimeout(self.export_timeout_s).as_json()
+        outcome = _code(payload)
+        if outcome == "ok":
+            self._done[rid] = _Done(fp, payload, route, self.clock())
             if len(self._done) > MAX_REMEMBERED:
                 self._done.popitem(last=False)
         self._finish(
-            action, payload, outcome, start, route.summarize(payload) if outcome == "ok" else ""
+            rid, name, payload, outcome, start, route.summarize(payload) if outcome == "ok" else ""
         )
 
     def _finish(
-        self, action: frames.Action, payload: Any, outcome: str, start: float, summary: str = ""
+        self, rid: str, name: str, payload: Any, outcome: str, start: float, summary: str = ""
     ) -> None:
         self._admitted -= 1
-        flight = self._in_flight.pop(action.id)
+        flight = self._in_flight.pop(rid)
         for _ in range(flight.receipts):
-            self._reply(action.id, payload)
-        self._log(action, outcome, self.clock() - start, summary)
+            self._reply(rid, payload)
+        self._log(rid, name, outcome, self.clock() - start, summary)
 
     async def _replay(self, action: frames.Action, done: _Done) -> None:
         start = self.clock()
         try:
-            payload = await done.route.replay(done.payload)
-            outcome = "ok (repeat)"
+            payload = await _outcome(
+                lambda: done.route.replay(done.payload),
+                f"request {action.id}: bug while answering a repeat",
+            )
         except asyncio.CancelledError:
             if self.draining:
                 self._reply(action.id, ShuttingDown().as_json())
-                self._log(action, "shutting_down", self.clock() - start)
+                self._log(action.id, action.route, "shutting_down", self.clock() - start)
             raise
-        except ReplyError as exc:
-            payload, outcome = exc.as_json(), exc.code
-        except Exception:
-            logger.exception("request %s: bug while answering a repeat", action.id)
-            payload, outcome = InternalError().as_json(), "internal"
+        outcome = _code(payload)
         self._reply(action.id, payload)
-        self._log(action, outcome, self.clock() - start)
+        shown = "ok (repeat)" if outcome == "ok" else outcome
+        self._log(action.id, action.route, shown, self.clock() - start)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -249,11 +277,11 @@ class Dispatcher:
         logger.debug("frame out: %s, %d chars", rid, len(text))
         self.outbox.put(text)
 
-    def _log(self, action: frames.Action, outcome: str, seconds: float, summary: str = "") -> None:
+    def _log(self, rid: str, route: str, outcome: str, seconds: float, summary: str = "") -> None:
         logger.info(
             "request id=%s route=%s outcome=%s duration=%.3fs%s",
-            action.id,
-            action.route,
+            rid,
+            route,
             outcome,
             seconds,
             f" {summary}" if summary else "",
@@ -291,9 +319,26 @@ class Dispatcher:
         return finished, 0
 
 
+async def _outcome(job: Job, bug: str) -> Any:
+    """The job's payload, or the error reply it ends with (``internal`` for a bug)."""
+    try:
+        return await job()
+    except ReplyError as exc:
+        return exc.as_json()
+    except Exception:
+        logger.exception("%s", bug)
+        return InternalError().as_json()
+
+
+def _code(payload: Any) -> str:
+    """``ok`` for a success payload, else the error reply's code."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return str(error["code"]) if isinstance(error, dict) else "ok"
+
+
 def _check_same(rid: str, seen: bytes, now: bytes) -> None:
     if seen != now:
         raise InvalidRequest(
-            [Detail("id", f"request id {rid!r} was already used with a different body")],
+            [Detail("id", f"request id {echo(rid)} was already used with a different body")],
             message="request id reused with a different body",
         )

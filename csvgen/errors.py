@@ -11,9 +11,11 @@ The tree, drawn like websockets' ``exceptions.py``::
         │   │   └── InvalidEnvelope  the frame's envelope is wrong but its id is usable
         │   ├── UnknownRoute     unknown_route 404
         │   └── TooLarge         too_large 413
+        │       └── BodyTooLarge the frame's body is over the limit; refused unread
         └── ServiceError         our side or a dependency's
             ├── MetricFailed     metric_failed 502
             ├── MetricTimeout    metric_timeout 504
+            ├── ExportTimeout    export_timeout 504
             ├── StorageFailed    storage_failed 502
             ├── Overloaded       overloaded 503
             ├── ShuttingDown     shutting_down 503
@@ -21,18 +23,30 @@ The tree, drawn like websockets' ``exceptions.py``::
 
 Anything else that escapes a handler is a bug; the dispatcher turns it into an
 ``internal`` reply. Messages are lowercase with no trailing period.
+
+Replies are bounded whatever the request held (SPEC §8): :func:`echo` cuts every
+request string a message quotes to ``MAX_ECHO_CHARS``, and :func:`bounded` keeps at
+most ``MAX_DETAILS`` details (then one ``… and N more problems``) and the whole reply
+under ``MAX_REPLY_BYTES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
+
 __all__ = [
+    "MAX_DETAILS",
+    "MAX_ECHO_CHARS",
+    "MAX_REPLY_BYTES",
+    "BodyTooLarge",
     "ConfigError",
     "CsvgenError",
     "Detail",
+    "ExportTimeout",
     "FrameError",
     "InternalError",
     "InvalidEnvelope",
@@ -47,7 +61,44 @@ __all__ = [
     "StorageFailed",
     "TooLarge",
     "UnknownRoute",
+    "bounded",
+    "cut",
+    "echo",
 ]
+
+#: Details of one error reply, and warnings of one success reply, at most.
+MAX_DETAILS = 100
+#: A request string quoted in a reply is cut to this many characters.
+MAX_ECHO_CHARS = 200
+#: A whole error reply stays under this size; details go first when it would not.
+MAX_REPLY_BYTES = 64 * 1024
+#: A path or message of one detail is cut to this many characters (a safety net).
+_MAX_TEXT_CHARS = 600
+
+
+def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, ``…`` marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def echo(value: object) -> str:
+    """A request value quoted in a message: ``repr`` of a string cut to ``MAX_ECHO_CHARS``."""
+    if isinstance(value, str):
+        return repr(cut(value))
+    return cut(repr(value))
+
+
+def bounded(items: Sequence[Any], noun: str, omitted: int = 0) -> tuple[list[Any], str | None]:
+    """At most ``MAX_DETAILS`` of ``items`` whose JSON fits in half of ``MAX_REPLY_BYTES``.
+
+    Returns the items kept and, when some were left out, the ``… and N more {noun}``
+    line to end them with. ``omitted`` counts items a collector already did not keep.
+    """
+    keep = list(items[:MAX_DETAILS])
+    while keep and len(orjson.dumps(keep)) > MAX_REPLY_BYTES // 2:
+        keep = keep[: len(keep) // 2]
+    more = len(items) - len(keep) + omitted
+    return keep, (f"… and {more} more {noun}" if more else None)
 
 
 class CsvgenError(Exception):
@@ -90,9 +141,10 @@ class ReplyError(CsvgenError):
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str, details: Iterable[Detail] = ()) -> None:
-        self.message = message
+    def __init__(self, message: str, details: Iterable[Detail] = (), omitted: int = 0) -> None:
+        self.message = cut(message, _MAX_TEXT_CHARS)
         self.details = list(details)
+        self.omitted = omitted  # details not kept (see bounded)
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -101,13 +153,23 @@ class ReplyError(CsvgenError):
         return self.message + ": " + "; ".join(f"{d.path}: {d.message}" for d in self.details)
 
     def as_json(self) -> dict[str, Any]:
-        """The error reply payload, as protocol.md defines it."""
+        """The error reply payload, as protocol.md defines it: bounded, whatever the details."""
+        details, more = bounded(
+            [
+                {"path": cut(d.path, _MAX_TEXT_CHARS), "message": cut(d.message, _MAX_TEXT_CHARS)}
+                for d in self.details[: MAX_DETAILS + 1]
+            ],
+            "problems",
+            self.omitted + max(0, len(self.details) - MAX_DETAILS - 1),
+        )
+        if more:
+            details.append({"path": "", "message": more})
         return {
             "error": {
                 "code": self.code,
                 "status": self.status,
                 "message": self.message,
-                "details": [d.as_json() for d in self.details],
+                "details": details,
             }
         }
 
@@ -120,12 +182,12 @@ class InvalidRequest(RequestError):
     code = "invalid_request"
     status = 400
 
-    def __init__(self, details: Iterable[Detail], message: str = "") -> None:
+    def __init__(self, details: Iterable[Detail], message: str = "", omitted: int = 0) -> None:
         details = list(details)
         if not message:
-            n = len(details)
+            n = len(details) + omitted
             message = f"invalid request: {n} problem{'s' if n != 1 else ''}"
-        super().__init__(message, details)
+        super().__init__(message, details, omitted)
 
 
 class InvalidEnvelope(InvalidRequest):
@@ -140,12 +202,23 @@ class UnknownRoute(RequestError):
 
     def __init__(self, route: str) -> None:
         self.route = route
-        super().__init__(f"unknown route: {route!r}")
+        super().__init__(f"unknown route: {echo(route)}")
 
 
 class TooLarge(RequestError):
     code = "too_large"
     status = 413
+
+
+class BodyTooLarge(TooLarge):
+    """A request frame over ``CSVGEN_MAX_BODY_BYTES``: refused before its body is read."""
+
+    def __init__(self, request_id: str, size: int, limit: int) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"the request body is {size} bytes; the limit is {limit}",
+            [Detail("body", f"must be at most {limit} bytes of JSON, got {size}")],
+        )
 
 
 class ServiceError(ReplyError):
@@ -159,7 +232,7 @@ class MetricFailed(ServiceError):
     def __init__(self, metric_id: str, upstream: str) -> None:
         self.metric_id = metric_id
         self.upstream = upstream
-        super().__init__(f"metric request {metric_id!r} failed: {upstream}")
+        super().__init__(f"metric request {echo(metric_id)} failed: {cut(upstream)}")
 
 
 class MetricTimeout(ServiceError):
@@ -169,7 +242,18 @@ class MetricTimeout(ServiceError):
     def __init__(self, metric_id: str, timeout_s: float) -> None:
         self.metric_id = metric_id
         self.timeout_s = timeout_s
-        super().__init__(f"metric request {metric_id!r} got no complete answer in {timeout_s:g} s")
+        super().__init__(
+            f"metric request {echo(metric_id)} got no complete answer in {timeout_s:g} s"
+        )
+
+
+class ExportTimeout(ServiceError):
+    code = "export_timeout"
+    status = 504
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"the export did not finish within its deadline of {timeout_s:g} s")
 
 
 class StorageFailed(ServiceError):

@@ -1,6 +1,9 @@
 """The ``external-service/csv-generator`` route: orchestration only.
 
-validate and plan (plan.py) → run the metric requests concurrently (metrics.py),
+On receipt (:meth:`CsvExport.prepare`, on the event loop, linear in the body):
+validate and plan (plan.py) and refuse an export whose row estimate is over the
+limit. When a slot frees (:meth:`CsvExport.run`): run the metric requests
+concurrently (metrics.py),
 reading each answer into a frame as soon as it is complete (answers.py) →
 combine and sort (combine.py) → write the CSV to a temporary file
 (csvwrite.py) → upload under a fresh key and sign a URL (storage.py) → reply.
@@ -11,6 +14,7 @@ loop keeps serving the bus (pings, other requests) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import tempfile
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import polars as pl
 
@@ -27,8 +32,9 @@ from .config import Settings
 from .csvwrite import DIALECTS, WriteResult, spreadsheet_warnings, write_csv
 from .errors import MetricFailed, MetricTimeout, ReplyError, TooLarge
 from .frames import Action, fingerprint
-from .metrics import UpstreamError
-from .plan import ExportPlan, MetricPlan, make_plan
+from .metrics import AnswerBudget, UpstreamError
+from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
+from .routes import Job
 from .storage import Storage, content_disposition
 
 __all__ = ["ROUTE", "CsvExport", "MetricsSource"]
@@ -49,7 +55,9 @@ PARALLEL_READS = 2
 class MetricsSource(Protocol):
     async def request(self, action: str, route: str, body: dict[str, Any]) -> Any: ...
 
-    async def request_raw(self, action: str, route: str, body: dict[str, Any]) -> bytes: ...
+    async def request_raw(
+        self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
+    ) -> bytes: ...
 
 
 class CsvExport:
@@ -68,8 +76,24 @@ class CsvExport:
         self._references: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._reads = asyncio.Semaphore(PARALLEL_READS)
 
-    async def handle(self, action: Action) -> dict[str, Any]:
-        plan = make_plan(action.body)
+    def prepare(self, action: Action) -> Job:
+        """Validate and plan on receipt; the job holds the plan, not the body.
+
+        Raises:
+            InvalidRequest: the body breaks a rule.
+            TooLarge: the plan's row estimate is over ``CSVGEN_MAX_ROWS``.
+        """
+        limits = Limits(self.settings.max_metric_requests, self.settings.max_columns)
+        plan = make_plan(action.body, limits)
+        bound = estimate_rows(plan)
+        if bound is not None and bound > self.settings.max_rows:
+            raise TooLarge(
+                f"the export could have up to {bound} rows; the limit is {self.settings.max_rows}"
+                " (ask for fewer days, entities or breakdowns, or split the export)"
+            )
+        return functools.partial(self.run, action.id, plan)
+
+    async def run(self, rid: str, plan: ExportPlan) -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
         answers, names, owner = await self._gather(plan)
@@ -98,14 +122,14 @@ class CsvExport:
                 content_type=content_type,
                 disposition=content_disposition(name, extension),
                 metadata={
-                    "request-id": action.id,
+                    "request-id": quote(rid, safe=""),  # any text, as ASCII a header can carry
                     "row-count": str(table.height),
                     "sha256": written.sha256,
                 },
             )
         url, expires_at = self.storage.presign(stored.key, self.settings.url_expires_s)
         clock.lap("upload")
-        logger.info("stages id=%s %s", action.id, clock)
+        logger.info("stages id=%s %s", rid, clock)
         return {
             "body": [
                 {
@@ -147,10 +171,11 @@ class CsvExport:
         """
         limit = asyncio.Semaphore(self.settings.max_metric_concurrency)
         facet = "segments" if plan.dated else "summary"
+        budget = AnswerBudget(self.settings.max_answer_bytes)
 
         async def one(metric: MetricPlan, fields: Schema | None) -> pl.DataFrame:
             async with limit:
-                data = await self._metric(metric)
+                data = await self._metric(metric, budget)
             async with self._reads:
                 try:
                     return await asyncio.to_thread(to_frame, data, facet, fields)
@@ -174,11 +199,11 @@ class CsvExport:
         frames = [task_of[n].result() for n in range(len(plan.metrics))]
         return frames, names, _owner(plan.metrics[0], found)
 
-    async def _metric(self, metric: MetricPlan) -> bytes:
+    async def _metric(self, metric: MetricPlan, budget: AnswerBudget) -> bytes:
         timeout = self.settings.metric_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await self.metrics.request_raw("metric", metric.route, metric.body)
+                return await self.metrics.request_raw("metric", metric.route, metric.body, budget)
         except TimeoutError:
             raise MetricTimeout(metric.metric_id, timeout) from None
         except UpstreamError as exc:

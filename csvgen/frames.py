@@ -16,21 +16,35 @@ Decisions this module encodes (each has a ``test_reject_*`` case):
 * The part size limit counts characters of the JSON text, not the prefix.
 * A request id is 1 to 256 characters and never contains ``|``: such an id could
   not be echoed unambiguously, so the frame is treated as having no usable id.
+* Part numbers have at most 9 digits; a longer one is a broken frame, not a number.
+
+Requests are bounded before they cost anything (SPEC §8, protocol.md §1):
+
+* A frame longer than ``max_body_bytes`` plus ``ENVELOPE_ALLOWANCE`` is refused
+  (:class:`~csvgen.errors.BodyTooLarge`) without parsing its body: only the
+  envelope written before ``"body"`` is read, for the id. A shorter frame is parsed
+  and its body measured exactly, as compact JSON.
+* Nesting is counted on the raw text at C speed (:func:`nesting`); a body nested
+  deeper than ``max_depth`` levels is ``invalid_request`` before anything walks it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from .errors import Detail, FrameError, InvalidEnvelope
+from .errors import BodyTooLarge, Detail, FrameError, InvalidEnvelope, echo
 
 __all__ = [
+    "ENVELOPE_ALLOWANCE",
     "EXTERNAL_SERVICE",
+    "MAX_BODY_BYTES",
+    "MAX_DEPTH",
     "MAX_ID_CHARS",
     "Action",
     "PartError",
@@ -39,12 +53,28 @@ __all__ = [
     "encode_reply",
     "fingerprint",
     "json_type",
+    "nesting",
     "parse_action",
     "parse_part",
 ]
 
 EXTERNAL_SERVICE = "external-service"
 MAX_ID_CHARS = 256
+#: Defaults of CSVGEN_MAX_BODY_BYTES and CSVGEN_MAX_BODY_DEPTH.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+#: Room for the envelope (action, id, route) around a body at the size limit.
+ENVELOPE_ALLOWANCE = 16 * 1024
+#: The envelope of an oversized frame is looked for in its first bytes only.
+_HEAD_BYTES = 64 * 1024
+#: Levels the envelope adds above the body: the frame object and ``data``.
+_ENVELOPE_LEVELS = 2
+_MAX_PART_DIGITS = 9
+
+#: Bytes that matter for nesting: brackets, and what delimits and escapes strings.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}",:\\')
+_STRING = re.compile(rb'"[^"]*"')
+_BODY_KEY = re.compile(rb'"body"\s*:')
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +93,31 @@ def _usable_id(value: object) -> str | None:
     return None
 
 
-def parse_action(text: str | bytes) -> Action | None:
+def nesting(data: bytes, limit: int) -> int:
+    """The nesting depth of valid JSON text, counted up to ``limit + 1`` at most.
+
+    Everything but brackets, quotes, separators and backslashes is deleted; escapes
+    and the strings left empty go next, then any string still holding a bracket;
+    then each pass replaces the innermost ``[]``/``{}`` pairs: the number of passes
+    is the depth. Every step is a C loop over the text (a megabyte costs a few
+    milliseconds, however deep or string-heavy it is).
+    """
+    kept = data.translate(None, _NOT_STRUCTURE)
+    kept = kept.replace(b"\\\\", b"").replace(b'\\"', b"").replace(b"\\", b"")
+    kept = kept.replace(b'""', b"")
+    if b'"' in kept:
+        kept = _STRING.sub(b"", kept)
+    brackets = kept.translate(None, b",:")
+    depth = 0
+    while brackets and depth <= limit:
+        brackets = brackets.replace(b"[]", b".").replace(b"{}", b".").translate(None, b".")
+        depth += 1
+    return depth
+
+
+def parse_action(
+    text: str | bytes, *, max_body_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_DEPTH
+) -> Action | None:
     """Parse one inbound bus frame.
 
     Returns:
@@ -73,11 +127,16 @@ def parse_action(text: str | bytes) -> Action | None:
     Raises:
         FrameError: the text is not JSON or has no usable ``data.id``; nothing
             can be answered.
-        InvalidEnvelope: the id is usable but the envelope is wrong; the caller
-            replies with it.
+        InvalidEnvelope: the id is usable but the envelope is wrong, or the body is
+            nested too deep; the caller replies with it.
+        BodyTooLarge: the id is usable but the body is over ``max_body_bytes``.
     """
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > max_body_bytes + ENVELOPE_ALLOWANCE:
+        _refuse_oversized(raw, max_body_bytes)  # raises, unless the frame is not for csvgen
+        return None
     try:
-        doc = orjson.loads(text)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise FrameError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -93,7 +152,7 @@ def parse_action(text: str | bytes) -> Action | None:
     if rid is None:
         if raw_id is None:
             raise FrameError("no data.id")
-        raise FrameError(f"unusable data.id: {raw_id!r:.80}")
+        raise FrameError(f"unusable data.id: {echo(raw_id)}")
     problems: list[Detail] = []
     route = data.get("route")
     if not isinstance(route, str) or not route:
@@ -104,7 +163,39 @@ def parse_action(text: str | bytes) -> Action | None:
     if problems:
         raise InvalidEnvelope(rid, problems)
     assert isinstance(route, str) and isinstance(body, dict)
+    if nesting(raw, max_depth + _ENVELOPE_LEVELS) > max_depth + _ENVELOPE_LEVELS:
+        raise InvalidEnvelope(rid, [Detail("body", f"must be nested at most {max_depth} levels")])
+    if len(raw) > max_body_bytes and (size := len(orjson.dumps(body))) > max_body_bytes:
+        raise BodyTooLarge(rid, size, max_body_bytes)
     return Action(rid, route, body)
+
+
+def _refuse_oversized(data: bytes, max_body_bytes: int) -> None:
+    """An oversized frame: answer ``too_large`` if the envelope before its body names an id.
+
+    Any encoder that keeps key order writes ``{"action":…,"data":{"id":…,"route":…,
+    "body":…}}``; the text before ``"body"`` is completed into JSON and read. A frame
+    written in another order cannot be answered without reading it whole, which is
+    what this refuses to do: it is dropped like a frame without an id.
+    """
+    found = _BODY_KEY.search(data, 0, _HEAD_BYTES)
+    head: Any = None
+    if found is not None:
+        with_comma = data[: found.start()].rstrip()
+        prefix = with_comma[:-1] if with_comma.endswith(b",") else with_comma
+        try:
+            head = orjson.loads(prefix + b"}}")
+        except orjson.JSONDecodeError:
+            head = None
+    envelope = head.get("data") if isinstance(head, dict) else None
+    if not isinstance(head, dict) or not isinstance(envelope, dict):
+        raise FrameError(f"oversized frame ({len(data)} bytes) with no envelope before its body")
+    if head.get("action") != EXTERNAL_SERVICE:
+        return None
+    rid = _usable_id(envelope.get("id"))
+    if rid is None:
+        raise FrameError(f"oversized frame ({len(data)} bytes) with no usable data.id")
+    raise BodyTooLarge(rid, len(data), max_body_bytes)
 
 
 def fingerprint(route: str, body: dict[str, Any]) -> bytes:
@@ -159,10 +250,11 @@ def parse_part(frame: str | bytes) -> tuple[str, int, int, bytes]:
     rid = raw_id.decode(errors="replace")
     if not rid:
         raise PartError("empty id in framed answer")
-    if not (part.isdigit() and total.isdigit()):
+    if not all(n.isdigit() and len(n) <= _MAX_PART_DIGITS for n in (part, total)):
         raise PartError(
-            f"part numbers must be non-negative integers, got {part.decode(errors='replace')!r}|"
-            f"{total.decode(errors='replace')!r}",
+            "part numbers must be non-negative integers of at most "
+            f"{_MAX_PART_DIGITS} digits, got {echo(part.decode(errors='replace'))}|"
+            f"{echo(total.decode(errors='replace'))}",
             rid,
         )
     return rid, int(part), int(total), body
@@ -235,8 +327,8 @@ class ReplyAssembler:
 def _loads(rid: str, text: bytes) -> Any:
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise PartError(f"answer {rid!r} is not JSON: {exc}", rid) from None
+    except orjson.JSONDecodeError:
+        raise PartError(f"answer {echo(rid)} is not JSON", rid) from None
 
 
 def json_type(value: object) -> str:

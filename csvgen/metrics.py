@@ -11,6 +11,12 @@ for its answer. If the connection drops before the answer is complete, the
 request is sent again on the next connection, at most ``MAX_ATTEMPTS`` times.
 The caller's timeout bounds the whole: waiting for a connection, sending,
 retries and reassembly.
+
+The link survives bad frames (SPEC §8): a frame that breaks the framing rules
+fails only the request it names (or is dropped with a warning when it names
+none), and no frame ever ends the reader. Only a 401/403 on connect marks the
+link refused. An :class:`AnswerBudget` shared by one export's requests counts
+the bytes of their frames as they arrive; past it they fail ``too_large``.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import frames
 from .bus import connect_options, with_token
 from .config import Settings, redact_url
-from .errors import CsvgenError
+from .errors import CsvgenError, TooLarge
 
-__all__ = ["MetricsClient", "UpstreamError", "error_message", "parse_answer"]
+__all__ = ["AnswerBudget", "MetricsClient", "UpstreamError", "error_message", "parse_answer"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,25 @@ class _ConnectionLost(Exception):
     pass
 
 
+class AnswerBudget:
+    """Bytes one export may receive from the Metrics API (CSVGEN_MAX_ANSWER_BYTES)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Count ``n`` more bytes; False once the total is over the limit."""
+        self.used += n
+        return self.used <= self.limit
+
+    def error(self) -> TooLarge:
+        return TooLarge(
+            f"the metric answers of this export passed {self.limit} bytes; "
+            "ask for fewer days, entities or breakdowns"
+        )
+
+
 def parse_answer(data: bytes) -> Any:
     """An answer's JSON, parsed.
 
@@ -58,8 +83,8 @@ def parse_answer(data: bytes) -> Any:
     """
     try:
         answer = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"the answer is not JSON: {exc}") from None
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the answer is not JSON") from None
     message = error_message(answer)
     if message is not None:
         raise UpstreamError(message)
@@ -83,12 +108,13 @@ class MetricsClient:
         self._ids = itertools.count(1)
         self._prefix = f"csvgen-{os.getpid()}"
         self._waiting: dict[str, tuple[asyncio.Future[bytes], ClientConnection]] = {}
+        self._budgets: dict[str, AnswerBudget] = {}
         self._assembler = frames.ReplyAssembler()
         self._ws: ClientConnection | None = None
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._refused: Exception | None = None
+        self._refused: str | None = None
 
     async def __aenter__(self) -> MetricsClient:
         self._task = asyncio.create_task(self._run())
@@ -112,25 +138,31 @@ class MetricsClient:
         """
         return parse_answer(await self.request_raw(action, route, body))
 
-    async def request_raw(self, action: str, route: str, body: dict[str, Any]) -> bytes:
+    async def request_raw(
+        self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
+    ) -> bytes:
         """Send one request and return its answer's JSON bytes, unparsed.
 
         Big answers are parsed off the event loop by the caller (csvgen.answers).
+        Every frame of the answer is counted against ``budget`` as it arrives.
 
         Raises:
             UpstreamError: a broken multi-part answer, or the connection was lost
                 ``MAX_ATTEMPTS`` times.
+            TooLarge: ``budget`` ran out.
             TimeoutError: from the caller's ``asyncio.timeout``.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             await self._up.wait()
             if self._refused is not None:
-                raise UpstreamError(f"the Metrics API refused the connection: {self._refused}")
+                raise UpstreamError(f"the Metrics API refused the connection ({self._refused})")
             ws = self._ws
             assert ws is not None
             rid = f"{self._prefix}-{next(self._ids)}"
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._waiting[rid] = (future, ws)
+            if budget is not None:
+                self._budgets[rid] = budget
             try:
                 await ws.send(frames.encode_action(frames.Action(rid, route, body, action=action)))
                 return await future
@@ -139,16 +171,23 @@ class MetricsClient:
                 continue
             finally:
                 self._waiting.pop(rid, None)
+                self._budgets.pop(rid, None)
                 self._assembler.forget(rid)
         raise UpstreamError(f"the metrics connection was lost {MAX_ATTEMPTS} times")
 
     async def _run(self) -> None:
-        try:
-            await self._connect_loop()
-        except Exception as exc:  # a fatal handshake answer (401/403): retrying will not help
-            logger.error("the Metrics API refused the connection, giving up: %s", exc)
-            self._refused = exc
-            self._up.set()  # wake the waiting requests, to fail them
+        while True:
+            try:
+                await self._connect_loop()
+                return
+            except InvalidStatus as exc:  # 401/403 (see classify): retrying will not help
+                logger.error("the Metrics API refused the connection, giving up: %s", exc)
+                self._refused = f"HTTP {exc.response.status_code}"
+                self._up.set()  # wake the waiting requests, to fail them
+                return
+            except Exception:
+                logger.exception("the metrics link failed; connecting again")
+                await asyncio.sleep(self.settings.reconnect_max_delay_s)
 
     async def _connect_loop(self) -> None:
         url = self.settings.metrics_url
@@ -171,6 +210,7 @@ class MetricsClient:
             logger.warning("lost the metrics connection; reconnecting")
 
     def _on_frame(self, message: str | bytes) -> None:
+        """Route one frame to its request. Never raises: a bad frame costs its request only."""
         data = message.encode() if isinstance(message, str) else message
         cut = data.find(b"|")
         if cut < 0:
@@ -179,15 +219,22 @@ class MetricsClient:
         rid = data[:cut].decode(errors="replace")
         if rid not in self._waiting:
             # An answer that came after its request gave up: its parts must not pile up.
-            logger.debug("frame for unknown or finished request %s dropped", rid)
+            logger.debug("frame for unknown or finished request %.80r dropped", rid)
+            return
+        budget = self._budgets.get(rid)
+        if budget is not None and not budget.take(len(data)):
+            self._assembler.forget(rid)
+            self._settle(rid, error=budget.error())
             return
         try:
             done = self._assembler.feed_raw(data)
         except frames.PartError as exc:
-            if exc.rid is not None:
-                self._settle(exc.rid, error=UpstreamError(f"broken answer: {exc}"))
-            else:
-                logger.warning("unreadable frame from the metrics API: %s", exc)
+            self._settle(rid, error=UpstreamError(f"broken answer: {exc}"))
+            return
+        except Exception:  # a codec bug must not end the reader: fail the one request
+            logger.exception("frame for %.80r could not be read", rid)
+            self._assembler.forget(rid)
+            self._settle(rid, error=UpstreamError("broken answer"))
             return
         if done is not None:
             self._settle(done[0], result=done[1])

@@ -7,20 +7,23 @@ request's route (SPEC §3) and shapes the body sent upstream.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import Detail, InvalidRequest
+from .errors import MAX_DETAILS, Detail, InvalidRequest, cut, echo
 from .frames import json_type
 
 __all__ = [
     "DIMENSIONS",
     "ColumnSpec",
     "ExportPlan",
+    "Limits",
     "MetricPlan",
+    "estimate_rows",
     "make_plan",
 ]
 
@@ -78,6 +81,10 @@ ENTITY_ONLY_ROUTES = frozenset({"transactions/data", "transactions/conversion-ra
 #: csvgen's own fields on a metric request; never sent upstream.
 OWN_FIELDS = ("metricId", "name", "route")
 
+#: Hours in one bucket of each period csvgen can count buckets of (for the row estimate).
+PERIOD_HOURS = {"hour": 1.0, "day": 24.0, "week": 168.0, "month": 28 * 24.0, "year": 365 * 24.0}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 _ISO_WITH_ZONE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -127,33 +134,50 @@ class ExportPlan:
         return any(c.dimension == "entity_name" for c in self.columns)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one body may ask for (SPEC §8; CSVGEN_MAX_METRIC_REQUESTS, …_COLUMNS)."""
+
+    max_metric_requests: int = 50
+    max_columns: int = 500
+
+
 class _Problems:
+    """Every problem found; only the first ones are kept (a reply shows no more)."""
+
     def __init__(self) -> None:
         self.details: list[Detail] = []
+        self.omitted = 0
 
     def add(self, path: str, message: str) -> None:
-        self.details.append(Detail(path, message))
+        if len(self.details) > MAX_DETAILS:
+            self.omitted += 1
+        else:
+            self.details.append(Detail(path, message))
+
+    def error(self) -> InvalidRequest:
+        return InvalidRequest(self.details, omitted=self.omitted)
 
 
-def make_plan(body: Mapping[str, Any]) -> ExportPlan:
-    """Validate a csv-generator body and plan the export.
+def make_plan(body: Mapping[str, Any], limits: Limits = Limits()) -> ExportPlan:
+    """Validate a csv-generator body and plan the export, in time linear in its size.
 
     Raises:
         InvalidRequest: listing every problem found, each with its JSON path.
     """
     p = _Problems()
-    raw_metrics = _metric_requests(body.get("metricRequests"), p)
+    raw_metrics = _metric_requests(body.get("metricRequests"), limits, p)
     fmt = body.get("csvFormat")
     if not isinstance(fmt, dict):
         p.add("csvFormat", _expected("an object", fmt))
-        raise InvalidRequest(p.details)
+        raise p.error()
     row_dims = _row_filters(fmt.get("rowFilters"), p)
-    columns = _columns(fmt.get("columns"), p)
-    sort_by = _sort_by(fmt.get("sortBy"), len(columns), p)
+    columns = _columns(fmt.get("columns"), limits, p)
+    sort_by = _sort_by(fmt.get("sortBy"), len(columns), limits, p)
     dialect = _choice(fmt, "dialect", DIALECTS, p)
     compression = _choice(fmt, "compression", COMPRESSIONS, p)
     if not raw_metrics or not columns:
-        raise InvalidRequest(p.details)  # nothing more can be checked meaningfully
+        raise p.error()  # nothing more can be checked meaningfully
 
     ids = [m.get("metricId") for m in raw_metrics]
     by_id = {mid: i for i, mid in enumerate(ids) if isinstance(mid, str)}
@@ -163,27 +187,30 @@ def make_plan(body: Mapping[str, Any]) -> ExportPlan:
     ]
     dated = any(s.dimension == "index" for s in specs)
 
-    bound = sorted({s.metric for s in specs if s.metric is not None and s.metric >= 0})
+    columns_of: dict[int, list[tuple[int, ColumnSpec]]] = {}  # metric → its value columns
+    for i, s in enumerate(specs):
+        if s.metric is not None and s.metric >= 0:
+            columns_of.setdefault(s.metric, []).append((i, s))
+    bound = sorted(columns_of)
     if not any(s.metric is not None for s in specs) and None not in columns:
         p.add("csvFormat.columns", "no column is bound to a metric request: nothing to export")
     warnings = [
         f"metric request {_label(raw_metrics[i], i)} is bound to no column and was not run"
         for i in range(len(raw_metrics))
-        if i not in bound and raw_metrics[i]
+        if i not in columns_of and raw_metrics[i]
     ]
     renumber = {old: new for new, old in enumerate(bound)}
-    metrics = []
-    for old in bound:
-        own_specs = [(i, s) for i, s in enumerate(specs) if s.metric == old]
-        metrics.append(_metric_plan(old, raw_metrics[old], own_specs, row_dims, dated, p))
+    metrics = [
+        _metric_plan(old, raw_metrics[old], columns_of[old], row_dims, dated, p) for old in bound
+    ]
     if dated:
         periods = {m.period for m in metrics}
         if len(periods) > 1:
-            shown = ", ".join(sorted(repr(x) for x in periods))
+            shown = ", ".join(sorted(echo(x) for x in periods))
             p.add("metricRequests", f"a dated CSV needs one aggregationPeriod, got {shown}")
     _check_column_coverage(specs, metrics, renumber, row_dims, p)
-    if p.details:
-        raise InvalidRequest(p.details)
+    if p.details or p.omitted:
+        raise p.error()
 
     plans = tuple(metrics)
     period = plans[0].period if plans else None
@@ -204,9 +231,15 @@ def make_plan(body: Mapping[str, Any]) -> ExportPlan:
 # -- body parts --------------------------------------------------------------------
 
 
-def _metric_requests(value: object, p: _Problems) -> list[dict[str, Any]]:
+def _metric_requests(value: object, limits: Limits, p: _Problems) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         p.add("metricRequests", _expected("a non-empty array of metric request objects", value))
+        return []
+    if len(value) > limits.max_metric_requests:
+        p.add(
+            "metricRequests",
+            f"must hold at most {limits.max_metric_requests} metric requests, got {len(value)}",
+        )
         return []
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -226,7 +259,7 @@ def _check_metric_request(path: str, m: dict[str, Any], seen: set[str], p: _Prob
         if not isinstance(mid, str) or not mid:
             p.add(f"{path}.metricId", _expected("a non-empty string", mid))
         elif mid in seen:
-            p.add(f"{path}.metricId", f"duplicate metricId {mid!r}")
+            p.add(f"{path}.metricId", f"duplicate metricId {echo(mid)}")
         else:
             seen.add(mid)
     for key in ("start", "end"):
@@ -252,10 +285,15 @@ def _check_metric_request(path: str, m: dict[str, Any], seen: set[str], p: _Prob
             p.add(f"{path}.{key}", _expected("a non-empty string", m[key]))
 
 
-def _columns(value: object, p: _Problems) -> list[dict[str, Any] | None]:
+def _columns(value: object, limits: Limits, p: _Problems) -> list[dict[str, Any] | None]:
     """The column objects; None stands for one that is not an object (already reported)."""
     if not isinstance(value, list) or not value:
         p.add("csvFormat.columns", _expected("a non-empty array of column objects", value))
+        return []
+    if len(value) > limits.max_columns:
+        p.add(
+            "csvFormat.columns", f"must hold at most {limits.max_columns} columns, got {len(value)}"
+        )
         return []
     columns: list[dict[str, Any] | None] = []
     for i, col in enumerate(value):
@@ -266,6 +304,11 @@ def _columns(value: object, p: _Problems) -> list[dict[str, Any] | None]:
         heading = col.get("heading")
         if not isinstance(heading, str) or not heading.strip():
             p.add(f"csvFormat.columns[{i}].heading", _expected("a non-empty string", heading))
+        elif _CONTROL.search(heading):
+            p.add(
+                f"csvFormat.columns[{i}].heading",
+                "must not contain control characters (U+0000-U+001F, U+007F), got " + echo(heading),
+            )
         columns.append(col)
     return columns
 
@@ -281,15 +324,18 @@ def _row_filters(value: object, p: _Problems) -> list[str]:
         if d not in DIMENSIONS:
             p.add(f"csvFormat.rowFilters[{i}]", _expected(_one_of(DIMENSIONS), d))
         elif d in dims:
-            p.add(f"csvFormat.rowFilters[{i}]", f"duplicate dimension {d!r}")
+            p.add(f"csvFormat.rowFilters[{i}]", f"duplicate dimension {echo(d)}")
         else:
             dims.append(d)
     return dims
 
 
-def _sort_by(value: object, n_columns: int, p: _Problems) -> list[int]:
+def _sort_by(value: object, n_columns: int, limits: Limits, p: _Problems) -> list[int]:
     if not isinstance(value, list):
         p.add("csvFormat.sortBy", _expected("an array of integer column indices", value))
+        return []
+    if len(value) > limits.max_columns:
+        p.add("csvFormat.sortBy", f"must hold at most {limits.max_columns} indices")
         return []
     out: list[int] = []
     for i, idx in enumerate(value):
@@ -350,7 +396,7 @@ def _column(
         if dim is None:
             p.add(
                 path,
-                f"column {heading!r} has no metricId and is not a dimension column "
+                f"column {echo(heading)} has no metricId and is not a dimension column "
                 f"({_one_of(sorted(_DIMENSION_ALIASES))}, by field or heading)",
             )
         elif dim != "index":
@@ -362,7 +408,7 @@ def _column(
     if mid is None:
         metric = 0
     elif not isinstance(mid, str) or mid not in by_id:
-        p.add(f"{path}.metricId", f"names no metric request: {mid!r}")
+        p.add(f"{path}.metricId", f"names no metric request: {echo(mid)}")
         metric = -1
     else:
         metric = by_id[mid]
@@ -385,7 +431,7 @@ def _filter(value: object, path: str, p: _Problems) -> tuple[tuple[str, str], ..
     out = []
     for key, v in value.items():
         if key not in DIMENSIONS:
-            p.add(f"{path}.{key}", f"filter keys must be {_one_of(DIMENSIONS)}")
+            p.add(f"{path}.{cut(key)}", f"filter keys must be {_one_of(DIMENSIONS)}")
         elif not isinstance(v, str) or not v:
             p.add(f"{path}.{key}", _expected("a non-empty string", v))
         else:
@@ -410,14 +456,14 @@ def _metric_plan(
         if route and not spec.fetch_value and len(fields) != 1:
             p.add(
                 f"csvFormat.columns[{i}].fetchValue",
-                f"needs a fetchValue: route {route!r} returns "
+                f"needs a fetchValue: route {echo(route)} returns "
                 + (", ".join(fields) if fields else "fields csvgen does not know"),
             )
         for key, _ in spec.filter:
             if entity_only and key != "entity":
                 p.add(
                     f"csvFormat.columns[{i}].filter.{key}",
-                    f"route {route!r} cannot be broken down by {key!r} (it takes entity only)",
+                    f"route {echo(route)} cannot be broken down by {key!r} (it takes entity only)",
                 )
 
     needed = list(row_dims)
@@ -467,7 +513,7 @@ def _route(
             routes.add(ROUTE_BY_FETCH_VALUE[spec.fetch_value])
     if len(routes) == 1:
         return routes.pop()
-    values = sorted({s.fetch_value for s in specs if s.fetch_value})
+    values = [cut(v) for v in sorted({s.fetch_value for s in specs if s.fetch_value})]
     if routes:
         p.add(
             path, f"metric request {label}: its columns' fetchValues {values} need different routes"
@@ -498,7 +544,7 @@ def _check_column_coverage(
             if dim not in row_dims and dim not in pinned and dim != "entity":
                 p.add(
                     f"csvFormat.columns[{i}]",
-                    f"metric request {plan.metric_id!r} is broken down by {dim!r} for another "
+                    f"metric request {echo(plan.metric_id)} is broken down by {dim!r} for another "
                     f"column, so this column needs a {dim!r} filter too "
                     "(or its own metric request)",
                 )
@@ -506,6 +552,67 @@ def _check_column_coverage(
 
 def _renumbered(spec: ColumnSpec, metric: int) -> ColumnSpec:
     return ColumnSpec(spec.heading, None, metric, spec.fetch_value, spec.path, spec.filter)
+
+
+# -- the row estimate ----------------------------------------------------------------
+
+
+def estimate_rows(plan: ExportPlan) -> int | None:
+    """An upper bound of the CSV's rows, from the plan alone; None when there is none.
+
+    Rows are keyed by the time bucket (when dated) and each ``rowFilters``
+    dimension, so they are at most the product of what each can take: the buckets
+    between the earliest start and the latest end (plus one at each edge, as
+    buckets need not align with them), the distinct entities, and for a
+    breakdown dimension the values asked upstream (the enum lists csvgen adds, or
+    the request's own), plus one empty value when some metric request lacks that
+    dimension. A period csvgen cannot count, or a taxonomy breakdown with no list
+    of areas, has no bound: such an export is checked after joining only.
+    """
+    rows = 1
+    for dim in plan.key_dimensions:
+        count = _index_count(plan) if dim == "index" else _values_count(plan, dim)
+        if count is None:
+            return None
+        rows *= max(count, 1)
+    return rows
+
+
+def _index_count(plan: ExportPlan) -> int | None:
+    hours = PERIOD_HOURS.get(plan.metrics[0].period or "")
+    starts = [_when(m.body.get("start")) for m in plan.metrics]
+    ends = [_when(m.body.get("end")) for m in plan.metrics]
+    if hours is None or None in starts or None in ends:
+        return None
+    span = max(e for e in ends if e) - min(s for s in starts if s)
+    return max(0, math.ceil(span.total_seconds() / 3600 / hours)) + 2
+
+
+def _values_count(plan: ExportPlan, dim: str) -> int | None:
+    values: set[str] = set()
+    lacking = False
+    for m in plan.metrics:
+        if dim == "entity":
+            values.update(m.entities)
+            continue
+        if dim not in m.body.get("breakdownByDimensions", ()):
+            lacking = True
+            continue
+        key = ENUMS[dim][0] if dim in ENUMS else "taxonomy"
+        given = m.body.get(key)
+        if not isinstance(given, list):
+            return None
+        values.update(v if isinstance(v, str) else repr(v) for v in given)
+    return len(values) + lacking
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -523,7 +630,7 @@ def _is_iso_with_zone(text: str) -> bool:
 
 def _label(m: Mapping[str, Any], index: int) -> str:
     mid = m.get("metricId")
-    return repr(mid) if isinstance(mid, str) and mid else f"#{index}"
+    return echo(mid) if isinstance(mid, str) and mid else f"#{index}"
 
 
 def _one_of(values: tuple[str, ...] | list[str]) -> str:
@@ -532,5 +639,5 @@ def _one_of(values: tuple[str, ...] | list[str]) -> str:
 
 def _expected(what: str, got: object) -> str:
     if isinstance(got, str):
-        return f"must be {what}, got {got!r}"
+        return f"must be {what}, got {echo(got)}"
     return f"must be {what}, got {json_type(got)}"

@@ -1,7 +1,14 @@
-"""Route registry: a route string → the handler that serves it."""
+"""Route registry: a route string → the handler that serves it.
+
+A route may split its work in two (SPEC §8, "validate on receipt"): ``prepare``
+runs when the frame arrives, synchronously, and either raises a ReplyError
+(answered at once) or returns the :data:`Job` that waits for an export slot. The
+job holds what ``prepare`` made of the body (a plan), not the body itself.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,14 +16,22 @@ from typing import Any
 from .errors import UnknownRoute
 from .frames import Action
 
-__all__ = ["Handler", "Replay", "Route", "Router"]
+__all__ = ["Handler", "Job", "Prepare", "Replay", "Route", "Router"]
 
 #: Serves one action; returns the reply payload or raises a ReplyError.
 Handler = Callable[[Action], Awaitable[Any]]
+#: The work of one admitted request, ready to run when a slot frees.
+Job = Callable[[], Awaitable[Any]]
+#: Validates an action on receipt (raising a ReplyError) and returns its job.
+Prepare = Callable[[Action], Job]
 #: Turns a stored payload into the payload of a repeated answer (e.g. re-signs a URL).
 Replay = Callable[[Any], Awaitable[Any]]
 #: One short ``key=value`` summary of a payload for the per-request log line.
 Summary = Callable[[Any], str]
+
+
+def _later(handle: Handler, action: Action) -> Job:
+    return functools.partial(handle, action)
 
 
 async def _same(payload: Any) -> Any:
@@ -29,7 +44,7 @@ def _no_summary(payload: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    handle: Handler
+    prepare: Prepare
     replay: Replay = _same
     summarize: Summary = _no_summary
 
@@ -43,14 +58,21 @@ class Router:
     def add(
         self,
         route: str,
-        handle: Handler,
+        handle: Handler | None = None,
         *,
+        prepare: Prepare | None = None,
         replay: Replay = _same,
         summarize: Summary = _no_summary,
     ) -> None:
+        """Register ``route``: give ``handle`` (validates when it runs) or ``prepare``."""
         if route in self._routes:
             raise ValueError(f"route already registered: {route!r}")
-        self._routes[route] = Route(handle, replay, summarize)
+        if (handle is None) == (prepare is None):
+            raise ValueError("give exactly one of handle and prepare")
+        if prepare is None:
+            assert handle is not None
+            prepare = functools.partial(_later, handle)
+        self._routes[route] = Route(prepare, replay, summarize)
 
     def resolve(self, route: str) -> Route:
         """Raises UnknownRoute for a route nobody registered."""

@@ -8,14 +8,22 @@ at most), so the CSV is never held whole in memory. Both use
 ``-3``…) is tried, so no object is ever overwritten, even by another replica in
 the same second. Each worker remembers the next free suffix of recent keys, so
 a burst of exports for one owner does not probe the same taken keys again.
+
+A reply never disagrees with the bucket (SPEC §8): when the task awaiting an
+upload is cancelled (drain past its grace, the export deadline), the upload
+thread is told to stop before its next part, the multipart upload is aborted,
+and an object it completed anyway is deleted before the cancellation goes on.
+Errors name the bucket and S3's error code, never an endpoint or a path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,20 +96,49 @@ class Storage:
         disposition: str,
         metadata: dict[str, str],
     ) -> StoredObject:
-        """Upload ``fileobj`` under ``stem + extension``, or the first free ``stem-N``."""
+        """Upload ``fileobj`` under ``stem + extension``, or the first free ``stem-N``.
+
+        Cancelled, it leaves no object behind (see the module docstring).
+        """
         extra = {
             "ContentType": content_type,
             "ContentDisposition": disposition,
             "Metadata": metadata,
         }
+        abort = threading.Event()
+        upload = asyncio.ensure_future(
+            asyncio.to_thread(self._put_new, stem, extension, fileobj, size, extra, abort)
+        )
         try:
-            return await asyncio.to_thread(self._put_new, stem, extension, fileobj, size, extra)
+            return await asyncio.shield(upload)
+        except asyncio.CancelledError:
+            abort.set()
+            await self._undo(upload)
+            raise
         except (BotoCoreError, ClientError) as exc:
             logger.warning("upload to s3://%s failed: %s", self.bucket, exc)
-            raise StorageFailed(f"upload to bucket {self.bucket!r} failed: {_short(exc)}") from exc
+            raise StorageFailed(f"upload to bucket {self.bucket!r} failed: {_code(exc)}") from None
+
+    async def _undo(self, upload: asyncio.Future[StoredObject]) -> None:
+        """Wait for a cancelled upload's thread to stop; delete what it completed anyway."""
+        with contextlib.suppress(Exception):
+            stored = await upload
+            logger.warning("upload of %s finished after its export was cancelled", stored.key)
+            try:
+                await asyncio.to_thread(
+                    self.client.delete_object, Bucket=self.bucket, Key=stored.key
+                )
+            except (BotoCoreError, ClientError) as exc:
+                logger.error("could not delete %s after a cancelled export: %s", stored.key, exc)
 
     def _put_new(
-        self, stem: str, extension: str, fileobj: IO[bytes], size: int, extra: dict[str, Any]
+        self,
+        stem: str,
+        extension: str,
+        fileobj: IO[bytes],
+        size: int,
+        extra: dict[str, Any],
+        abort: threading.Event,
     ) -> StoredObject:
         if len(self._next_free) > REMEMBERED_STEMS:
             self._next_free.clear()
@@ -116,7 +153,7 @@ class Storage:
                         Bucket=self.bucket, Key=key, Body=fileobj, IfNoneMatch="*", **extra
                     )
                 else:
-                    self._multipart(key, fileobj, extra)
+                    self._multipart(key, fileobj, extra, abort)
             except ClientError as exc:
                 if _is_precondition_failed(exc):
                     continue
@@ -124,7 +161,9 @@ class Storage:
             return StoredObject(self.bucket, key)
         raise StorageFailed(f"no free key for {stem}{extension} in {MAX_SUFFIX} tries")
 
-    def _multipart(self, key: str, fileobj: IO[bytes], extra: dict[str, Any]) -> None:
+    def _multipart(
+        self, key: str, fileobj: IO[bytes], extra: dict[str, Any], abort: threading.Event
+    ) -> None:
         """Upload ``fileobj`` in parts, ``PARALLEL_PARTS`` in flight (so memory holds that many)."""
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
@@ -140,6 +179,8 @@ class Storage:
             with ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="csvgen-upload") as pool:
                 in_flight: collections.deque[Future[dict[str, Any]]] = collections.deque()
                 for number in range(1, 10_001):
+                    if abort.is_set():
+                        raise _Aborted()
                     chunk = fileobj.read(self.part_size)
                     if not chunk:
                         break
@@ -147,6 +188,8 @@ class Storage:
                         parts.append(in_flight.popleft().result())
                     in_flight.append(pool.submit(send, number, chunk))
                 parts.extend(f.result() for f in in_flight)
+            if abort.is_set():
+                raise _Aborted()
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
@@ -169,7 +212,8 @@ class Storage:
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
             )
         except (BotoCoreError, ClientError) as exc:
-            raise StorageFailed(f"signing a URL failed: {_short(exc)}") from exc
+            logger.warning("signing a URL in s3://%s failed: %s", self.bucket, exc)
+            raise StorageFailed(f"signing a URL failed: {_code(exc)}") from None
         expires = (now + timedelta(seconds=expires_s)).replace(microsecond=0)
         return url, expires.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -181,5 +225,13 @@ def _is_precondition_failed(exc: ClientError) -> bool:
     )
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).split("\n")[0][:200]
+class _Aborted(Exception):
+    """The upload was cancelled between two parts."""
+
+
+def _code(exc: Exception) -> str:
+    """S3's error code, or the kind of failure: never an endpoint, a path or a header."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        return str(code)[:80] if code else "an error answer"
+    return type(exc).__name__

@@ -37,6 +37,9 @@ async def serve(settings: Settings, router: Router, stop: asyncio.Event) -> None
         max_concurrent=settings.max_concurrent_exports,
         max_queued=settings.max_queued_exports,
         dedupe_ttl_s=settings.dedupe_ttl_s,
+        export_timeout_s=settings.export_timeout_s,
+        max_body_bytes=settings.max_body_bytes,
+        max_depth=settings.max_body_depth,
         stop=stop,
     )
     bus = Bus(settings, dispatcher)

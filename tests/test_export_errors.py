@@ -143,10 +143,27 @@ async def test_s3_down_is_storage_failed_and_worker_goes_on(
         assert (await bus.reply())[0] == "s3-again"
 
 
-async def test_too_many_rows_is_too_large(bus: FakeBus, metrics: FakeMetrics, s3: S3Server) -> None:
-    metrics.answers.append(({"route": "entries"}, entries_answer(days=5)))
-    async with running_exporter(bus, metrics, max_rows=4):
+async def test_rows_over_the_limit_are_refused_before_fetching(
+    bus: FakeBus, metrics: FakeMetrics
+) -> None:
+    """Issue 8 #11: the plan bounds the rows (30 days + 2 edge buckets, one entity); nothing is fetched."""
+    async with running_exporter(bus, metrics, max_rows=31):
         await bus.send(request("big"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "too_large"
+    assert payload["error"]["message"].startswith(
+        "the export could have up to 32 rows; the limit is 31"
+    )
+    assert metrics.requests == []
+
+
+async def test_too_many_rows_is_too_large(bus: FakeBus, metrics: FakeMetrics, s3: S3Server) -> None:
+    """A period csvgen cannot count buckets of has no estimate: the joined table is checked."""
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=5)))
+    body = seed()
+    body["metricRequests"][0]["aggregationPeriod"] = "fortnight"
+    async with running_exporter(bus, metrics, max_rows=4):
+        await bus.send(request("big", body))
         _, payload = await bus.reply()
     assert payload["error"]["code"] == "too_large"
     assert payload["error"]["message"] == "the export has 5 rows; the limit is 4"
@@ -233,8 +250,7 @@ async def test_refused_metrics_token_fails_exports_fast(bus: FakeBus) -> None:
             _, payload = await bus.reply()
     assert payload["error"]["code"] == "metric_failed"
     assert payload["error"]["message"] == (
-        "metric request 'm' failed: the Metrics API refused the connection: "
-        "server rejected WebSocket connection: HTTP 401"
+        "metric request 'm' failed: the Metrics API refused the connection (HTTP 401)"
     )
 
 
