@@ -13,12 +13,19 @@ fields it needs (``fields``): keys as text, plain values as Float64 (integers
 print the same, ``1284``). Other fields are skipped. If a record does not fit
 (a value that is text, an object…), reading fails and the answer is read again
 with full inference; nothing is ever silently dropped or coerced to null.
+
+Numbers stay numbers per cell (SPEC §8). A value field whose records mix
+numbers and text (read exactly, through orjson) becomes one text column in
+which each number is its plain decimal text and each text value starts with
+:data:`TEXT_MARK`; combine takes the mark off and applies formula safety to
+those cells only.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,7 +33,10 @@ import polars as pl
 
 from .metrics import UpstreamError, parse_answer
 
-__all__ = ["SMALL_ANSWER_BYTES", "Schema", "to_frame"]
+__all__ = ["SMALL_ANSWER_BYTES", "TEXT_MARK", "Schema", "number_text", "to_frame"]
+
+#: Starts each text cell of a value column that mixes numbers and text.
+TEXT_MARK = "\x00"
 
 #: Field name → polars type, for the fields a CSV reads from an answer's records.
 Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
@@ -51,10 +61,34 @@ def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFr
         raise UpstreamError(f"the answer has no {facet} array")
     if not all(isinstance(r, dict) for r in records):
         raise UpstreamError(f"a record of the {facet} array is not an object")
+    for name, dtype in (fields or {}).items():
+        if dtype == pl.Float64:
+            _mark_mixed(records, name)
     try:
         return pl.DataFrame(records, infer_schema_length=None, strict=False)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         raise UpstreamError(f"the {facet} records cannot be read") from None
+
+
+def number_text(value: int | float) -> str:
+    """A number as polars writes a Float64 cell: plain decimal, shortest round trip."""
+    if isinstance(value, int):
+        return str(value)
+    text = format(Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _mark_mixed(records: list[dict[str, Any]], name: str) -> None:
+    """A field holding numbers and text: numbers as text, text cells marked (in place)."""
+    kinds = {type(r.get(name)) for r in records}
+    if str not in kinds or not kinds & {int, float}:
+        return
+    for r in records:
+        value = r.get(name)
+        if isinstance(value, str):
+            r[name] = TEXT_MARK + value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            r[name] = number_text(value)
 
 
 def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None:
@@ -76,7 +110,7 @@ def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None
         try:
             return pl.read_ndjson(io.BytesIO(lines), schema=dict(fields))
         except pl.exceptions.PolarsError:
-            pass  # a record does not fit the expected types: infer them instead
+            return None  # a record does not fit the expected types: read it exactly
     try:
         return pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
     except pl.exceptions.PolarsError:

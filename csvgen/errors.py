@@ -42,6 +42,7 @@ __all__ = [
     "MAX_DETAILS",
     "MAX_ECHO_CHARS",
     "MAX_REPLY_BYTES",
+    "MAX_TEXT_CHARS",
     "BodyTooLarge",
     "ConfigError",
     "CsvgenError",
@@ -73,7 +74,7 @@ MAX_ECHO_CHARS = 200
 #: A whole error reply stays under this size; details go first when it would not.
 MAX_REPLY_BYTES = 64 * 1024
 #: A path or message of one detail is cut to this many characters (a safety net).
-_MAX_TEXT_CHARS = 600
+MAX_TEXT_CHARS = 600
 
 
 def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
@@ -142,7 +143,7 @@ class ReplyError(CsvgenError):
     status: ClassVar[int] = 500
 
     def __init__(self, message: str, details: Iterable[Detail] = (), omitted: int = 0) -> None:
-        self.message = cut(message, _MAX_TEXT_CHARS)
+        self.message = cut(message, MAX_TEXT_CHARS)
         self.details = list(details)
         self.omitted = omitted  # details not kept (see bounded)
         super().__init__(message)
@@ -156,7 +157,7 @@ class ReplyError(CsvgenError):
         """The error reply payload, as protocol.md defines it: bounded, whatever the details."""
         details, more = bounded(
             [
-                {"path": cut(d.path, _MAX_TEXT_CHARS), "message": cut(d.message, _MAX_TEXT_CHARS)}
+                {"path": cut(d.path, MAX_TEXT_CHARS), "message": cut(d.message, MAX_TEXT_CHARS)}
                 for d in self.details[: MAX_DETAILS + 1]
             ],
             "problems",

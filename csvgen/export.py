@@ -30,7 +30,7 @@ from .answers import Schema, to_frame
 from .combine import combine, fields_read
 from .config import Settings
 from .csvwrite import DIALECTS, WriteResult, spreadsheet_warnings, write_csv
-from .errors import MetricFailed, MetricTimeout, ReplyError, TooLarge
+from .errors import MAX_TEXT_CHARS, MetricFailed, MetricTimeout, ReplyError, TooLarge, bounded, cut
 from .frames import Action, fingerprint
 from .metrics import AnswerBudget, UpstreamError
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
@@ -98,8 +98,9 @@ class CsvExport:
         clock = _Stages()
         answers, names, owner = await self._gather(plan)
         clock.lap("fetch")
+        notes: list[str] = []
         table = await asyncio.to_thread(
-            combine, plan, answers, names, max_rows=self.settings.max_rows
+            combine, plan, answers, names, max_rows=self.settings.max_rows, warnings=notes
         )
         del answers
         clock.lap("combine")
@@ -141,10 +142,9 @@ class CsvExport:
                     "sizeBytes": written.size,
                     "sha256": written.sha256,
                     "contentType": content_type,
-                    "warnings": [
-                        *plan.warnings,
-                        *spreadsheet_warnings(plan.dialect, table.height),
-                    ],
+                    "warnings": bounded_warnings(
+                        [*plan.warnings, *notes, *spreadsheet_warnings(plan.dialect, table.height)]
+                    ),
                 }
             ]
         }
@@ -256,6 +256,12 @@ class CsvExport:
                     self._references[(entity_type, item["id"])] = (now, item)
                     found[item["id"]] = item
         return found
+
+
+def bounded_warnings(warnings: list[str]) -> list[str]:
+    """At most MAX_DETAILS warnings (then ``… and N more warnings``), all small (SPEC §8)."""
+    kept, more = bounded([cut(w, MAX_TEXT_CHARS) for w in warnings], "warnings")
+    return [*kept, more] if more else kept
 
 
 def _union(plan: ExportPlan, served: list[int]) -> Schema | None:

@@ -129,7 +129,10 @@ def test_parts_numbered_from_one_and_interleaved() -> None:
         (["a|0|2|[", "a|0|0|[]"], "single-part frame for 'a' while its parts were arriving"),
         (["a|0|2|[", "a|1|2|1"], "answer 'a' is not JSON"),
         (["a|2|0|[]"], "part 2 of a single-part answer"),
-        (["a|x|0|[]"], "part numbers must be non-negative integers of at most 9 digits, got 'x'|'0'"),
+        (
+            ["a|x|0|[]"],
+            "part numbers must be non-negative integers of at most 9 digits, got 'x'|'0'",
+        ),
         (
             ["a|0|" + "9" * 5000 + "|{"],
             "part numbers must be non-negative integers of at most 9 digits, got '0'|'99999",
