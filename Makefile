@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := all
-.PHONY: all install run test lint types format bench clean
+.PHONY: all install run test lint types format fuzz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ types: $(STAMP)
 
 test: lint
 	PYTHONWARNINGS=default $(BIN)/pytest
+
+# The property tests at 100,000 examples each (CI runs a few hundred).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_properties.py --timeout=0 -q
 
 format: $(STAMP)
 	$(BIN)/ruff format csvgen tests bench

@@ -249,8 +249,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     warnings = []
     for name in sorted(environ):
         if name.startswith("CSVGEN_") and name not in ENV:
-            close = difflib.get_close_matches(name, ENV, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            known = [k.removeprefix("CSVGEN_") for k in ENV]  # the shared prefix is no hint
+            close = difflib.get_close_matches(name.removeprefix("CSVGEN_"), known, n=1, cutoff=0.6)
+            hint = f"; did you mean CSVGEN_{close[0]}?" if close else ""
             warnings.append(f"unknown variable {name[:80]} is ignored{hint}")
     return warnings
 

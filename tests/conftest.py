@@ -2,18 +2,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings as hypothesis_settings
 
 from csvgen.app import build_router
 from csvgen.config import Settings
 from csvgen.routes import Router
 from csvgen.worker import serve
 from tests.fakes import FakeBus, FakeMetrics, running_bus
+
+# Property tests: a short run in CI, a long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz).
+hypothesis_settings.register_profile("ci", max_examples=300, deadline=None)
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=100_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Reconnect delays in tests: milliseconds, not seconds (websockets' MS idea).
 FAST = {"reconnect_max_delay_s": 0.02, "shutdown_grace_s": 5.0}

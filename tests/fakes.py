@@ -136,6 +136,16 @@ class RawFrames:
         return [f"{rid}|{n + self.first}|{total}|{s}" for n, s in enumerate(self.slices)]
 
 
+class Scripted(RawFrames):
+    """An answer given as exact frame texts, ``{rid}`` standing for the request's id."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = texts
+
+    def frames(self, rid: str) -> list[str]:
+        return [t.replace("{rid}", rid) for t in self.texts]
+
+
 class FakeMetrics(LoopbackServer):
     """A loopback WebSocket server playing the Aura Metrics API from canned answers.
 

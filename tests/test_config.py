@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csvgen.config import Settings, is_loopback_url, redact_url
+from csvgen.config import Settings, is_loopback_url, redact_url, unknown_variables
 from csvgen.errors import ConfigError
 
 
@@ -70,3 +70,82 @@ def test_loopback_urls(url: str, loopback: bool) -> None:
 
 def test_redact_url_drops_query_and_user() -> None:
     assert redact_url("wss://u:p@h:99/p?token=x") == "wss://h:99/p"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        (
+            "CSVGEN_BUS_URL",
+            "ws://127.0.0.1:99999/bus",
+            "must be a ws:// or wss:// URL with a port in 1-65535",
+        ),
+        ("CSVGEN_METRICS_URL", "ws://127.0.0.1:0/m", "the port must be in 1-65535, got 0"),
+        ("CSVGEN_METRICS_URL", "ws://h/a b", "must not contain spaces or control characters"),
+        (
+            "CSVGEN_BUCKET",
+            "bad/bucket name",
+            "must be 3-63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit, got 'bad/bucket name'",
+        ),
+        ("CSVGEN_BUCKET", "a..b", "must not hold '..', '.-' or '-.', got 'a..b'"),
+        (
+            "CSVGEN_BUCKET",
+            "192.168.1.1",
+            "must not be formatted as an IP address, got '192.168.1.1'",
+        ),
+        ("CSVGEN_KEY_PREFIX", "../..", "must not hold empty, '.' or '..' segments, got '../..'"),
+        ("CSVGEN_KEY_PREFIX", "/exports", "must not start with '/', got '/exports'"),
+        ("CSVGEN_KEY_PREFIX", "a//b", "must not hold empty, '.' or '..' segments, got 'a//b'"),
+        (
+            "AWS_ENDPOINT_URL_S3",
+            "ftp://s3.local",
+            "must be a http:// or https:// URL, got 'ftp://s3.local'",
+        ),
+        (
+            "AWS_ENDPOINT_URL_S3",
+            "http://s3.local:70000",
+            "must be a http:// or https:// URL with a port in 1-65535",
+        ),
+    ],
+)
+def test_every_value_is_checked_before_connecting(name: str, value: str, problem: str) -> None:
+    """Issue 8 #12: bad ports, bucket names, key prefixes and S3 endpoints exit at startup."""
+    env = {"CSVGEN_BUS_URL": "ws://127.0.0.1:9/bus", name: value}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.problems == [f"{name}: {problem}"]
+
+
+@pytest.mark.parametrize("prefix", ["exports", "a/b-c/d_e", "exports/"])
+def test_good_key_prefixes(prefix: str) -> None:
+    s = Settings.from_env({"CSVGEN_BUS_URL": "ws://h/bus", "CSVGEN_KEY_PREFIX": prefix})
+    assert s.key_prefix == prefix.rstrip("/")
+
+
+def test_repr_hides_user_info_and_queries() -> None:
+    """Issue 8 #12: the settings line at start shows no credentials of any URL."""
+    s = Settings.from_env(
+        {
+            "CSVGEN_BUS_URL": "wss://user:pa55@bus.example:8443/ws?token=abc",
+            "CSVGEN_METRICS_URL": "wss://m.example/x?key=k3y",
+        }
+    )
+    shown = repr(s)
+    assert "bus_url='wss://bus.example:8443/ws'" in shown
+    assert "metrics_url='wss://m.example/x'" in shown
+    assert not any(secret in shown for secret in ("pa55", "user", "abc", "k3y"))
+
+
+def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
+    env = {"CSVGEN_MAX_ROW": "5", "CSVGEN_BUCKET": "b", "CSVGEN_ZZZ": "1", "HOME": "/root"}
+    assert unknown_variables(env) == [
+        "unknown variable CSVGEN_MAX_ROW is ignored; did you mean CSVGEN_MAX_ROWS?",
+        "unknown variable CSVGEN_ZZZ is ignored",
+    ]
+
+
+def test_new_limits_have_the_spec_defaults() -> None:
+    s = Settings.from_env({"CSVGEN_BUS_URL": "ws://h/bus"})
+    assert (s.max_body_bytes, s.max_body_depth) == (1024 * 1024, 32)
+    assert (s.max_metric_requests, s.max_columns) == (50, 500)
+    assert (s.max_answer_bytes, s.export_timeout_s) == (4 * 1024**3, 1800)

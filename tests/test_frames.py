@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from csvgen.errors import FrameError, InvalidEnvelope
+from csvgen.errors import BodyTooLarge, Detail, FrameError, InvalidEnvelope
 from csvgen.frames import (
     Action,
     PartError,
@@ -197,3 +197,69 @@ def test_random_frames_never_crash_the_assembler() -> None:
         except PartError:
             refused += 1
     assert completed > 50 and refused > 50
+
+
+LIMIT = 2048
+
+
+def big(body_text: str, *, first: str = '"id":"r1","route":"external-service/x",') -> str:
+    return '{"action":"external-service","data":{' + first + '"body":' + body_text + "}}"
+
+
+def test_oversized_frame_is_refused_from_its_envelope_alone() -> None:
+    """A frame over the body limit + envelope room: too_large for the id written before the body."""
+    text = big('{"x":"' + "y" * 50_000 + '"')  # not even valid JSON past the envelope
+    with pytest.raises(BodyTooLarge) as info:
+        parse_action(text, max_body_bytes=LIMIT)
+    assert info.value.request_id == "r1"
+    assert info.value.details == [
+        Detail("body", f"must be at most {LIMIT} bytes of JSON, got {len(text)}")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            '{"action":"external-service","data":{"body":{"x":"' + "y" * 50_000 + '"},"id":"r1"}}',
+            "oversized frame ({n} bytes) with no usable data.id",
+        ),
+        (
+            '{"pad":"' + "y" * 50_000 + '"}',
+            "oversized frame ({n} bytes) with no envelope before its body",
+        ),
+        (
+            big('"' + "y" * 50_000 + '"', first='"id":7,'),
+            "oversized frame ({n} bytes) with no usable data.id",
+        ),
+    ],
+)
+def test_reject_oversized_frame_without_a_leading_envelope(text: str, reason: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_action(text, max_body_bytes=LIMIT)
+    assert info.value.reason == reason.format(n=len(text))
+
+
+def test_oversized_frame_of_another_action_is_ignored() -> None:
+    text = '{"action":"metric","data":{"id":"m","body":"' + "y" * 50_000 + '"}}'
+    assert parse_action(text, max_body_bytes=LIMIT) is None
+
+
+def test_body_near_the_limit_is_measured_as_compact_json() -> None:
+    """Between the limit and limit + envelope room the body itself is measured."""
+    spaced = "{" + " " * (LIMIT + 100) + '"a":1}'  # 2 KiB of text, 7 bytes of JSON
+    assert parse_action(big(spaced), max_body_bytes=LIMIT) is not None
+    with pytest.raises(BodyTooLarge):
+        parse_action(big('{"a":"' + "y" * LIMIT + '"}'), max_body_bytes=LIMIT)
+
+
+@pytest.mark.parametrize(("depth", "ok"), [(4, True), (5, False)])
+def test_nesting_limit_counts_from_the_body(depth: int, ok: bool) -> None:
+    body = "[" * (depth - 1) + "]" * (depth - 1)
+    text = big('{"x":' + body + "}")
+    if ok:
+        assert parse_action(text, max_depth=4) is not None
+    else:
+        with pytest.raises(InvalidEnvelope) as info:
+            parse_action(text, max_depth=4)
+        assert info.value.details == [Detail("body", "must be nested at most 4 levels")]

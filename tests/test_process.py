@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from typing import Any
 
 import pytest
+from websockets.asyncio.server import serve
+from websockets.http11 import Response
 
 from tests.conftest import S3Server
 from tests.fakes import FakeBus, FakeMetrics
@@ -82,6 +85,12 @@ async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> 
             {"CSVGEN_BUS_URL": "ws://127.0.0.1:9", "CSVGEN_MAX_ROWS": "lots"},
             "csvgen: invalid configuration: CSVGEN_MAX_ROWS: must be an integer, got 'lots'",
         ),
+        (
+            {"CSVGEN_BUS_URL": "ws://127.0.0.1:99999/bus", "CSVGEN_BUCKET": "bad/bucket name"},
+            "csvgen: invalid configuration: CSVGEN_BUS_URL: must be a ws:// or wss:// URL with a port in 1-65535; "
+            "CSVGEN_BUCKET: must be 3-63 characters of lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit, got 'bad/bucket name'",
+        ),
     ],
 )
 async def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
@@ -112,3 +121,42 @@ async def test_flags_override_the_environment() -> None:
         err.decode().strip()
         == "csvgen: invalid configuration: CSVGEN_MAX_ROWS: must be at least 0, got -1"
     )
+
+
+async def test_log_carries_no_token_and_no_forged_line(bus: FakeBus) -> None:
+    """Issue 8 #6, #7: a Metrics API answering 302 `#x` is retried and logged, token scrubbed;
+    an id holding a newline and a fake log record stays inside its own line."""
+
+    def redirect(connection: Any, request: Any) -> Response:
+        response = connection.respond(302, "")
+        response.headers["Location"] = "#x"
+        return response
+
+    async with serve(
+        lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=redirect
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        env = child_env(
+            CSVGEN_BUS_URL=bus.uri,
+            CSVGEN_BUS_TOKEN=TOKEN,
+            CSVGEN_METRICS_URL=f"ws://user:pa55@127.0.0.1:{port}/metrics",
+            CSVGEN_METRIC_TIMEOUT_S="0.5",
+            CSVGEN_RECONNECT_MAX_DELAY_S="0.05",
+            CSVGEN_MAX_ROW="5",
+        )
+        worker = await Child("run", env=env).start()
+        try:
+            forged = "r1\n2026-01-01 00:00:00,000 INFO csvgen: forged"
+            await bus.send(request(forged))
+            rid, payload = await bus.reply()
+            assert (rid, payload["error"]["code"]) == (forged, "metric_timeout")
+            await worker.wait_for_line("outcome=metric_timeout")
+            await worker.wait_for_line("token=***")
+            assert await worker.stop() == 0
+        finally:
+            await worker.kill()
+    log = "\n".join(worker.lines)
+    assert TOKEN not in log and "pa55" not in log
+    assert not any(line.startswith("2026-01-01") for line in worker.lines)
+    assert "id=r1\\n2026-01-01 00:00:00,000 INFO csvgen: forged" in log
+    assert "unknown variable CSVGEN_MAX_ROW is ignored; did you mean CSVGEN_MAX_ROWS?" in log

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
+import threading
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 from csvgen.storage import Storage, content_disposition
 from tests.conftest import S3Server
@@ -67,3 +72,42 @@ def test_content_disposition_is_safe() -> None:
         == 'attachment; filename="Footfall Q12024.csv"'
     )
     assert content_disposition("", ".csv.gz") == 'attachment; filename="export.csv.gz"'
+
+
+class Gate:
+    """Holds the upload thread at one S3 operation (a botocore event hook) until released."""
+
+    def __init__(self, storage: Storage, operation: str) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        storage.client.meta.events.register(f"before-send.s3.{operation}", self._hold)
+
+    def _hold(self, **_: Any) -> None:
+        self.reached.set()
+        self.release.wait(10)
+
+
+@pytest.mark.parametrize("operation", ["UploadPart", "CompleteMultipartUpload", "PutObject"])
+async def test_a_cancelled_upload_leaves_nothing_in_the_bucket(
+    s3: S3Server, operation: str
+) -> None:
+    """Issue 8 #13: cancelled at any step (drain, deadline), an upload leaves no object behind.
+
+    Held at the first part, the upload is aborted before the next one; held at the
+    completion (or a single put), it completes and is then deleted.
+    """
+    threshold = 1 if operation != "PutObject" else 64 * 1024 * 1024
+    storage = Storage("aura-exports", multipart_threshold=threshold, part_size=5 * 1024 * 1024)
+    gate = Gate(storage, operation)
+    data = os.urandom(11 * 1024 * 1024)
+    task = asyncio.create_task(
+        storage.put_new("exports/o/c", ".csv", io.BytesIO(data), len(data), **META)
+    )
+    assert await asyncio.to_thread(gate.reached.wait, 10)
+    task.cancel()
+    gate.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    client = s3.client()
+    assert client.list_objects_v2(Bucket="aura-exports").get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket="aura-exports").get("Uploads", []) == []

@@ -1,0 +1,170 @@
+"""Property-based tests (hypothesis): no input, however strange, gets past csvgen's types.
+
+CI runs the ``ci`` profile (a few hundred examples per property); ``make fuzz``
+runs the ``fuzz`` profile (100,000 per property). Profiles live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import orjson
+import polars as pl
+from hypothesis import given, strategies as st
+
+from csvgen.answers import to_frame
+from csvgen.combine import combine, fields_read
+from csvgen.config import Settings
+from csvgen.csvwrite import DIALECTS, write_csv
+from csvgen.errors import (
+    MAX_REPLY_BYTES,
+    BodyTooLarge,
+    FrameError,
+    InvalidEnvelope,
+    InvalidRequest,
+    MetricFailed,
+    TooLarge,
+)
+from csvgen.export import CsvExport
+from csvgen.frames import (
+    Action,
+    PartError,
+    ReplyAssembler,
+    encode_action,
+    fingerprint,
+    nesting,
+    parse_action,
+)
+from csvgen.metrics import UpstreamError
+from csvgen.plan import make_plan
+from tests.test_plan import seed
+from tests.test_plan_fuzz import wide
+
+#: Text that stresses JSON escaping and the nesting scan: brackets, quotes, backslashes.
+tricky_text = st.text(alphabet=st.sampled_from('[]{}",:\\ab\n\x00é=-+@'), max_size=12) | st.text()
+# orjson reads any JSON integer outside 64 bits as a float, so these are all it can yield.
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | tricky_text
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(tricky_text, inner, max_size=5),
+    max_leaves=40,
+)
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(json_values)
+def test_nesting_is_the_true_depth(value: Any) -> None:
+    assert nesting(orjson.dumps(value), 1000) == depth(value)
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON value (dict keys and list indices)."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += paths(v, (*prefix, i))
+    return found
+
+
+@st.composite
+def mutated_bodies(draw: st.DrawFn) -> Any:
+    """A valid body with one to three values anywhere replaced by any JSON value."""
+    body = draw(st.sampled_from([seed, wide]))()
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(paths(body)))
+        if not where:
+            return draw(json_values)
+        parent = body
+        for step in where[:-1]:
+            parent = parent[step]
+        parent[where[-1]] = draw(json_values)
+    return body
+
+
+EXPORT = CsvExport(Settings(bus_url="ws://127.0.0.1:1/bus", max_rows=10**6), None, None)  # type: ignore[arg-type]
+
+
+@given(json_values | mutated_bodies())
+def test_any_body_is_planned_or_refused_with_a_typed_error(body: Any) -> None:
+    """Any JSON as a body: a job, or invalid_request/too_large in a bounded reply."""
+    text = encode_action(Action("p", "external-service/csv-generator", {"v": 0})).replace(
+        '{"v":0}', orjson.dumps(body).decode()
+    )
+    try:
+        action = parse_action(text)
+        assert action is not None
+        fingerprint(action.route, action.body)
+        EXPORT.prepare(action)
+    except (InvalidEnvelope, BodyTooLarge, InvalidRequest, TooLarge) as exc:
+        assert len(orjson.dumps(exc.as_json())) < MAX_REPLY_BYTES
+
+
+@given(st.text() | st.binary() | json_values.map(lambda v: orjson.dumps(v).decode()))
+def test_any_bus_frame_is_an_action_or_a_typed_refusal(text: str | bytes) -> None:
+    with contextlib.suppress(FrameError, InvalidEnvelope, BodyTooLarge):
+        parse_action(text)
+
+
+frame_fields = st.text(alphabet=st.sampled_from("0129|x-"), max_size=12) | st.integers(
+    0, 10**12
+).map(str)
+
+
+@given(
+    st.lists(st.tuples(frame_fields, frame_fields, tricky_text), max_size=6)
+    | st.lists(st.text() | st.binary(), max_size=4)
+)
+def test_any_metrics_frames_never_raise_out_of_the_codec(frames: list[Any]) -> None:
+    assembler = ReplyAssembler()
+    for f in frames:
+        text = f"a|{f[0]}|{f[1]}|{f[2]}" if isinstance(f, tuple) else f
+        with contextlib.suppress(PartError):
+            assembler.feed(text)
+
+
+def record(values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    keys = st.sampled_from(["index", "location", "age", "entries", "sales_volume", "gender", "x"])
+    dates = st.sampled_from(["2024-04-01T00:00:00.000", "2024-04-02T00:00:00.000", ""])
+    return st.dictionaries(keys, values | dates, max_size=6)
+
+
+@given(
+    st.sampled_from([seed, wide]),
+    st.lists(record(json_values), max_size=12),
+    st.lists(record(scalars), max_size=12),
+)
+def test_any_upstream_records_give_a_csv_or_metric_failed(
+    body: Any, first: list[dict[str, Any]], other: list[dict[str, Any]]
+) -> None:
+    plan = make_plan(body())
+    answers = [first, *([other] * (len(plan.metrics) - 1))]
+    try:
+        frames = [
+            to_frame(orjson.dumps({"segments": a}), "segments", fields_read(plan, m))
+            for m, a in enumerate(answers)
+        ]
+        table = combine(plan, frames, {"L1": "=name"}, warnings=[])
+        out = io.BytesIO()
+        write_csv([c.heading for c in plan.columns], table, out, dialect=DIALECTS[plan.dialect])
+    except (UpstreamError, MetricFailed):
+        return
+    assert isinstance(table, pl.DataFrame)
+    assert out.getvalue().count(b"\r\n") >= 1
