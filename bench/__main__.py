@@ -4,6 +4,7 @@ Cases (bench/README.md says what each means):
   big          1,000 locations × 365 days, 5 metric requests, ~2.2M rows; csvgen vs pandas
   small        the seed example 200 times: csvgen's own overhead per export
   concurrency  20 medium exports at once vs one after another, answers delayed 500 ms
+  hostile      200 invalid 1 MiB bodies and 20 seed requests while the big export runs
 
 Results go to bench/results/latest.json.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.asyncio.client import connect
 
 from bench.cases import DATA_DIR, ensure_data
+from bench.hostile import frames as hostile_frames, validation_times
 from csvgen.plan import make_plan
 from csvgen.standin.child import Child
 from csvgen.standin.demo import submit
@@ -29,7 +32,8 @@ from csvgen.standin.demo import submit
 RESULTS = Path(__file__).parent / "results"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 #: For working on one case: BENCH_CASES=big (the report then shows only what ran).
-CASES = os.environ.get("BENCH_CASES", "big,small,concurrency").split(",")
+ALL_CASES = ["big", "small", "concurrency", "hostile"]
+CASES = os.environ.get("BENCH_CASES", ",".join(ALL_CASES)).split(",")
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -40,8 +44,8 @@ def shown(s: dict[str, float], unit: str = "s", scale: float = 1.0) -> str:
     return f"{s['median'] * scale:.3f} {unit} ({s['min'] * scale:.3f}–{s['max'] * scale:.3f})"
 
 
-async def replay(case: str, latency_ms: float = 0) -> tuple[Child, dict[str, Any]]:
-    args = (str(DATA_DIR / case), "--latency-ms", str(latency_ms))
+async def replay(*cases: str, latency_ms: float = 0) -> tuple[Child, dict[str, Any]]:
+    args = (*(str(DATA_DIR / case) for case in cases), "--latency-ms", str(latency_ms))
     proc = await Child(*args, module="bench.replay", stream="both").start()
     line = await proc.wait_for_line("replay-ready ", within=120)
     return proc, json.loads(line.removeprefix("replay-ready "))
@@ -218,6 +222,8 @@ def report(results: dict[str, Any]) -> None:
         report_small(results["small"])
     if "concurrency" in results:
         report_concurrency(results["concurrency"])
+    if "hostile" in results:
+        report_hostile(results["hostile"])
 
 
 def report_big(big: dict[str, Any]) -> None:
@@ -255,10 +261,125 @@ def report_concurrency(conc: dict[str, Any]) -> None:
           f"missed keepalive: {'yes' if conc['missed_keepalive'] else 'no'}")  # fmt: skip
 
 
+async def hostile_case() -> dict[str, Any]:
+    print(
+        "hostile: 200 invalid 1 MiB bodies and 20 seed requests beside the big export", flush=True
+    )
+    seed = request("small")
+    result: dict[str, Any] = {"validation": validation_times(seed)}
+    # Bus and Metrics API in two processes: relaying 1 MiB frames must not queue behind
+    # the big answers in the stand-in's own loop, or its delay would count as csvgen's.
+    bus, bus_info = await replay("small")
+    api, api_info = await replay("big", "small")
+    info = {
+        **bus_info,
+        "env": {**bus_info["env"], "CSVGEN_METRICS_URL": api_info["env"]["CSVGEN_METRICS_URL"]},
+    }
+    try:
+        w = await worker(info)
+        idle: list[float] = []
+        for n in range(20):
+            await timed(info, f"idle-{n}", seed, idle)
+        await w.stop()
+        w = await worker(info)
+        await submit(info["submit"], frame("alone", request("big")), timeout_s=600)
+        alone_rss = w.peak_rss()
+        await w.stop(within=90)
+        w = await worker(info)
+        big = asyncio.create_task(
+            submit(info["submit"], frame("beside", request("big")), timeout_s=600)
+        )
+        invalid, seeds, codes = await hostile_traffic(info["submit"], seed)
+        overlapped = not big.done()
+        reply = await big
+        with_rss = w.peak_rss()
+        await w.stop(within=90)
+    finally:
+        await asyncio.gather(bus.stop(), api.stop())
+    invalid.sort()
+    result.update(
+        invalid_p50=statistics.median(invalid),
+        invalid_p99=invalid[int(len(invalid) * 0.99) - 1],
+        invalid_max=invalid[-1],
+        codes=sorted(set(codes)),
+        seed_idle=statistics.median(idle),
+        seed_beside=statistics.median(seeds),
+        seed_ratio=statistics.median(seeds) / statistics.median(idle),
+        rss_alone=alone_rss,
+        rss_beside=with_rss,
+        rss_growth=with_rss - alone_rss,
+        overlapped=overlapped,
+        big_rows=reply["body"][0]["rowCount"],
+    )
+    return result
+
+
+async def hostile_traffic(
+    url: str, seed: dict[str, Any]
+) -> tuple[list[float], list[float], list[str]]:
+    """200 hostile frames one after another on one link, a seed request after every tenth.
+
+    Returns the latency of each invalid request, of each seed request, and the codes seen.
+    """
+    invalid: list[float] = []
+    seeds: list[float] = []
+    codes: list[str] = []
+    async with connect(url, compression=None, max_size=None) as ws:
+
+        async def ask(rid: str, text: str) -> tuple[float, Any]:
+            started = time.perf_counter()
+            await ws.send(text)
+            async for message in ws:
+                got, payload = parse_reply(message)
+                if got == rid:
+                    return time.perf_counter() - started, payload
+            raise ConnectionError("the bus closed")
+
+        for n, (rid, data) in enumerate(hostile_frames(seed, 200)):
+            seconds, payload = await ask(rid, data.decode())
+            invalid.append(seconds)
+            codes.append(payload["error"]["code"] if "error" in payload else "ok")
+            if n % 10 == 9:
+                sid = f"seed-{n}"
+                seconds, payload = await ask(sid, orjson.dumps(frame(sid, seed)).decode())
+                if "body" not in payload:
+                    raise RuntimeError(f"{sid} failed: {payload}")
+                seeds.append(seconds)
+    return invalid, seeds, codes
+
+
+def parse_reply(message: str | bytes) -> tuple[str, Any]:
+    text = message if isinstance(message, str) else message.decode()
+    rid, _, _, body = text.split("|", 3)
+    return rid, orjson.loads(body)
+
+
+def report_hostile(h: dict[str, Any]) -> None:
+    print("hostile (200 invalid bodies of about 1 MiB, 20 seed requests, beside the big export):")
+    for kind, v in h["validation"].items():
+        mib, median, most = v["bytes"] / 2**20, v["median"] * 1e3, v["max"] * 1e3
+        print(f"  validating {kind:<9} {mib:.2f} MiB: median {median:.1f} ms, max {most:.1f} ms"
+              f" -> {v['code']} (target ≤ 200 ms)")  # fmt: skip
+    p50, p99, most = (h[k] * 1e3 for k in ("invalid_p50", "invalid_p99", "invalid_max"))
+    print(f"  time to invalid_request: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target ≤ 50), "
+          f"max {most:.1f} ms; codes {h['codes']}")  # fmt: skip
+    idle, beside = h["seed_idle"] * 1e3, h["seed_beside"] * 1e3
+    print(f"  seed request: idle {idle:.1f} ms, beside {beside:.1f} ms "
+          f"= {h['seed_ratio']:.2f}× (target ≤ 2)")  # fmt: skip
+    print(f"  worker peak RSS: big export alone {h['rss_alone'] / 1e6:.0f} MB, with the hostile "
+          f"traffic {h['rss_beside'] / 1e6:.0f} MB: growth {h['rss_growth'] / 1e6:+.0f} MB "
+          f"(target ≤ 100); traffic ended before the big export: {h['overlapped']}")  # fmt: skip
+
+
 async def main() -> None:
     started = time.perf_counter()
     ensure_data()
-    cases = {"big": big_case, "small": small_case, "concurrency": concurrency_case}
+    cases = {
+        "big": big_case,
+        "small": small_case,
+        "concurrency": concurrency_case,
+        "hostile": hostile_case,
+    }
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": RUNS,
@@ -267,7 +388,7 @@ async def main() -> None:
         results[name] = await cases[name]()
     results["seconds"] = time.perf_counter() - started
     RESULTS.mkdir(exist_ok=True)
-    if CASES != ["big", "small", "concurrency"]:
+    if CASES != ALL_CASES:
         return report(results)  # a partial run does not replace the latest full figures
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     report(results)

@@ -5,7 +5,7 @@ a dictionary lookup and socket writes: the stand-in's own speed never counts in
 csvgen's figures. It also pings every worker connection every 100 ms and keeps
 the round-trip times, which a ``bench-stats`` action returns (and resets).
 
-    python -m bench.replay <case-dir> [--latency-ms N]
+    python -m bench.replay <case-dir> [<case-dir>…] [--latency-ms N]
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ PING_EVERY_S = 0.1
 
 
 class ReplayStandin(Standin):
-    def __init__(self, folder: Path, latency_s: float) -> None:
+    def __init__(self, folders: list[Path], latency_s: float) -> None:
         super().__init__(latency_s=latency_s)
         self.parts: dict[str, list[bytes]] = {}
-        for path in folder.glob("*.json"):
+        for path in (p for folder in folders for p in folder.glob("*.json")):
             if path.name.startswith("request-"):
                 continue
             data = path.read_bytes()
@@ -77,9 +77,9 @@ class ReplayStandin(Standin):
         interleaver.add(doc["data"]["id"], [f"{doc['data']['id']}|0|0|{json.dumps(stats)}"])
 
 
-async def serve(folder: Path, latency_ms: float) -> None:
+async def serve(folders: list[Path], latency_ms: float) -> None:
     s3 = await asyncio.to_thread(S3Standin, "aura-exports")
-    standin = await ReplayStandin(folder, latency_ms / 1000).start()
+    standin = await ReplayStandin(folders, latency_ms / 1000).start()
     env = {
         "CSVGEN_BUS_URL": standin.bus_url,
         "CSVGEN_METRICS_URL": standin.metrics_url,
@@ -97,10 +97,10 @@ async def serve(folder: Path, latency_ms: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
-    asyncio.run(serve(args.folder, args.latency_ms))
+    asyncio.run(serve(args.folders, args.latency_ms))
     sys.stdout.flush()
 
 
