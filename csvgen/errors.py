@@ -83,10 +83,16 @@ def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
 
 
 def echo(value: object) -> str:
-    """A request value quoted in a message: ``repr`` of a string cut to ``MAX_ECHO_CHARS``."""
+    """A request value quoted in a message: ``repr`` of a string cut to ``MAX_ECHO_CHARS``.
+
+    A number is shown as it is; an array or object only by its kind, so no value is
+    ever walked (it may be nested a thousand levels deep).
+    """
     if isinstance(value, str):
         return repr(cut(value))
-    return cut(repr(value))
+    if value is None or isinstance(value, bool | int | float):
+        return cut(repr(value))
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def bounded(items: Sequence[Any], noun: str, omitted: int = 0) -> tuple[list[Any], str | None]:

@@ -112,8 +112,19 @@ async def test_unknown_route(bus: FakeBus) -> None:
         '{"action": "metric", "data": {"id": "m1", "route": "entries"}}',
         "x" * 5_000_000,
         '{"action": "external-service", "data": {"pad": "' + "y" * 5_000_000 + '"}}',
+        '{"action": "external-service", "data": {"id": ' + "[" * 1000 + "]" * 1000 + "}}",
     ],
-    ids=["text", "array", "no-id", "int-id", "pipe-id", "other-action", "huge-text", "huge-json"],
+    ids=[
+        "text",
+        "array",
+        "no-id",
+        "int-id",
+        "pipe-id",
+        "other-action",
+        "huge-text",
+        "huge-json",
+        "deep-id",  # its repr would pass Python's recursion limit
+    ],
 )
 async def test_garbage_is_dropped_and_the_worker_goes_on(bus: FakeBus, garbage: str) -> None:
     """Frames with no usable id get no reply; the next valid request is answered."""
