@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from bench.cases import DATA_DIR, ensure_data
 from bench.hostile import frames as hostile_frames, validation_times
-from csvgen.plan import make_plan
+from csvgen.csvexport.plan import make_plan
 from csvgen.standin.child import Child
 from csvgen.standin.demo import submit
 

@@ -19,7 +19,7 @@ import boto3
 import pandas as pd
 
 from bench.cases import fingerprint
-from csvgen.plan import make_plan
+from csvgen.csvexport.plan import make_plan
 
 
 def main(case_dir: str, request_path: str, endpoint: str, bucket: str) -> None:

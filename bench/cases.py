@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from csvgen import frames
-from csvgen.plan import make_plan
+from csvgen.csvexport.plan import make_plan
 from csvgen.standin.api import MetricsAPI
 from csvgen.standin.data import AGES, DataSet
 

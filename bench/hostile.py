@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from csvgen.config import Settings
+from csvgen.csvexport.route import CsvExport
 from csvgen.errors import ReplyError
-from csvgen.export import CsvExport
 from csvgen.frames import parse_action
 
 TARGET_BYTES = 1024 * 1024 - 2048  # just under the default body limit

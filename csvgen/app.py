@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from .config import Settings
-from .export import ROUTE, CsvExport
+from .csvexport.route import ROUTE, CsvExport
 from .metrics import MetricsClient
 from .routes import Router
-from .storage import Storage
+from .stores.s3 import Storage
 
 
 @contextlib.asynccontextmanager

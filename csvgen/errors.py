@@ -5,6 +5,8 @@ The tree, drawn like websockets' ``exceptions.py``::
     CsvgenError
     ├── ConfigError              startup only: exit status 2 and one line
     ├── FrameError               the bus sent text with no usable request id: log, no reply
+    ├── PartError                a framed answer breaks the multi-part rules (``rid`` if known)
+    ├── UpstreamError            the Metrics API answered an error, or what cannot be read
     └── ReplyError (code, status) becomes a typed error reply (protocol.md, "Errors")
         ├── RequestError         the peer's fault: the request cannot be served as sent
         │   ├── InvalidRequest   invalid_request 400, with details (JSON path, message)
@@ -55,6 +57,7 @@ __all__ = [
     "MetricFailed",
     "MetricTimeout",
     "Overloaded",
+    "PartError",
     "ReplyError",
     "RequestError",
     "ServiceError",
@@ -62,6 +65,7 @@ __all__ = [
     "StorageFailed",
     "TooLarge",
     "UnknownRoute",
+    "UpstreamError",
     "bounded",
     "cut",
     "echo",
@@ -121,6 +125,25 @@ class ConfigError(CsvgenError):
 
     def __str__(self) -> str:
         return "invalid configuration: " + "; ".join(self.problems)
+
+
+class PartError(CsvgenError, ValueError):
+    """A framed answer that breaks the multi-part rules; ``rid`` is set when known."""
+
+    def __init__(self, message: str, rid: str | None = None) -> None:
+        self.rid = rid
+        super().__init__(message)
+
+
+class UpstreamError(CsvgenError):
+    """The Metrics API answered with an error, or with an answer csvgen cannot read.
+
+    The route turns it into ``metric_failed`` naming the metric request.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
 
 
 class FrameError(CsvgenError):

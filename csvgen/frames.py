@@ -38,7 +38,15 @@ from typing import Any
 
 import orjson
 
-from .errors import BodyTooLarge, Detail, FrameError, InvalidEnvelope, echo
+from .errors import (
+    BodyTooLarge,
+    Detail,
+    FrameError,
+    InvalidEnvelope,
+    PartError,
+    UpstreamError,
+    echo,
+)
 
 __all__ = [
     "ENVELOPE_ALLOWANCE",
@@ -51,10 +59,12 @@ __all__ = [
     "ReplyAssembler",
     "encode_action",
     "encode_reply",
+    "error_message",
     "fingerprint",
     "json_type",
     "nesting",
     "parse_action",
+    "parse_answer",
     "parse_part",
 ]
 
@@ -228,14 +238,6 @@ def encode_reply(rid: str, payload: object, *, max_part_chars: int | None = None
     return [f"{rid}|{n}|{total}|{chunk}" for n, chunk in enumerate(chunks)]
 
 
-class PartError(ValueError):
-    """A framed answer that breaks the multi-part rules; ``rid`` is set when known."""
-
-    def __init__(self, message: str, rid: str | None = None) -> None:
-        self.rid = rid
-        super().__init__(message)
-
-
 def parse_part(frame: str | bytes) -> tuple[str, int, int, bytes]:
     """Split one framed answer into ``(id, partNum, totalParts, json_bytes)``.
 
@@ -342,3 +344,30 @@ def json_type(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def parse_answer(data: bytes) -> Any:
+    """A Metrics API answer's JSON, parsed.
+
+    Raises:
+        UpstreamError: it is not JSON, or it is an error answer (an object with ``error``).
+    """
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the answer is not JSON") from None
+    message = error_message(answer)
+    if message is not None:
+        raise UpstreamError(message)
+    return answer
+
+
+def error_message(answer: Any) -> str | None:
+    """The upstream error text when ``answer`` is an error answer, else None."""
+    if not isinstance(answer, dict) or "error" not in answer:
+        return None
+    error = answer["error"]
+    if isinstance(error, dict):
+        parts = [str(error[k]) for k in ("code", "message") if error.get(k) is not None]
+        return ": ".join(parts) or "an error answer"
+    return str(error)

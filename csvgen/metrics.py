@@ -28,28 +28,19 @@ import logging
 import os
 from typing import Any
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import frames
-from .bus import connect_options, with_token
 from .config import Settings, redact_url
-from .errors import CsvgenError, TooLarge
+from .errors import PartError, TooLarge, UpstreamError
+from .links import connect_options, with_token
 
-__all__ = ["AnswerBudget", "MetricsClient", "UpstreamError", "error_message", "parse_answer"]
+__all__ = ["AnswerBudget", "MetricsClient"]
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-
-
-class UpstreamError(CsvgenError):
-    """The Metrics API answered with an error, or with an answer csvgen cannot read."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 class _ConnectionLost(Exception):
@@ -73,33 +64,6 @@ class AnswerBudget:
             f"the metric answers of this export passed {self.limit} bytes; "
             "ask for fewer days, entities or breakdowns"
         )
-
-
-def parse_answer(data: bytes) -> Any:
-    """An answer's JSON, parsed.
-
-    Raises:
-        UpstreamError: it is not JSON, or it is an error answer (an object with ``error``).
-    """
-    try:
-        answer = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("the answer is not JSON") from None
-    message = error_message(answer)
-    if message is not None:
-        raise UpstreamError(message)
-    return answer
-
-
-def error_message(answer: Any) -> str | None:
-    """The upstream error text when ``answer`` is an error answer, else None."""
-    if not isinstance(answer, dict) or "error" not in answer:
-        return None
-    error = answer["error"]
-    if isinstance(error, dict):
-        parts = [str(error[k]) for k in ("code", "message") if error.get(k) is not None]
-        return ": ".join(parts) or str(error)
-    return str(error)
 
 
 class MetricsClient:
@@ -136,14 +100,14 @@ class MetricsClient:
             UpstreamError: an error answer, an answer that is not JSON, or see
                 :meth:`request_raw`.
         """
-        return parse_answer(await self.request_raw(action, route, body))
+        return frames.parse_answer(await self.request_raw(action, route, body))
 
     async def request_raw(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
     ) -> bytes:
         """Send one request and return its answer's JSON bytes, unparsed.
 
-        Big answers are parsed off the event loop by the caller (csvgen.answers).
+        Big answers are parsed off the event loop by the caller (csvgen.csvexport.answers).
         Every frame of the answer is counted against ``budget`` as it arrives.
 
         Raises:
@@ -228,7 +192,7 @@ class MetricsClient:
             return
         try:
             done = self._assembler.feed_raw(data)
-        except frames.PartError as exc:
+        except PartError as exc:
             self._settle(rid, error=UpstreamError(f"broken answer: {exc}"))
             return
         except Exception:  # a codec bug must not end the reader: fail the one request

@@ -8,8 +8,8 @@ import orjson
 import polars as pl
 import pytest
 
-from csvgen.answers import SMALL_ANSWER_BYTES, to_frame
-from csvgen.metrics import UpstreamError
+from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, to_frame
+from csvgen.errors import UpstreamError
 
 
 def big(records: list[dict[str, Any]], **extra: Any) -> bytes:

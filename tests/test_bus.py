@@ -12,8 +12,8 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from csvgen.bus import connect_options
 from csvgen.frames import Action, encode_action
+from csvgen.links import connect_options
 from csvgen.routes import Router
 from csvgen.worker import serve as serve_worker
 from tests.conftest import make_settings, running_worker

@@ -10,12 +10,11 @@ import orjson
 import polars as pl
 import pytest
 
-from csvgen.answers import to_frame
-from csvgen.combine import combine
-from csvgen.csvwrite import spreadsheet_warnings, write_csv
-from csvgen.errors import MetricFailed, TooLarge
-from csvgen.metrics import UpstreamError
-from csvgen.plan import make_plan
+from csvgen.csvexport.answers import to_frame
+from csvgen.csvexport.combine import combine
+from csvgen.csvexport.csvwrite import spreadsheet_warnings, write_csv
+from csvgen.csvexport.plan import make_plan
+from csvgen.errors import MetricFailed, TooLarge, UpstreamError
 from tests.test_plan import seed
 from tests.test_plan_fuzz import wide
 

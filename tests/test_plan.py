@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from csvgen.csvexport.plan import make_plan
 from csvgen.errors import InvalidRequest
-from csvgen.plan import make_plan
 
 L1 = "64a1b2c3d4e5f6a7b8c9d0e3"
 

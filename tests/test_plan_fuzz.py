@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from csvgen.csvexport.plan import make_plan
 from csvgen.errors import InvalidRequest
-from csvgen.plan import make_plan
 from tests.test_plan import seed
 
 ODD_VALUES: list[Any] = [

@@ -14,10 +14,13 @@ import orjson
 import polars as pl
 from hypothesis import given, strategies as st
 
-from csvgen.answers import to_frame
-from csvgen.combine import combine, fields_read
 from csvgen.config import Settings
-from csvgen.csvwrite import DIALECTS, write_csv
+from csvgen.csvexport.answers import to_frame
+from csvgen.csvexport.combine import combine, fields_read
+from csvgen.csvexport.csvwrite import write_csv
+from csvgen.csvexport.dialects import DIALECTS
+from csvgen.csvexport.plan import make_plan
+from csvgen.csvexport.route import CsvExport
 from csvgen.errors import (
     MAX_REPLY_BYTES,
     BodyTooLarge,
@@ -26,8 +29,8 @@ from csvgen.errors import (
     InvalidRequest,
     MetricFailed,
     TooLarge,
+    UpstreamError,
 )
-from csvgen.export import CsvExport
 from csvgen.frames import (
     Action,
     PartError,
@@ -37,8 +40,6 @@ from csvgen.frames import (
     nesting,
     parse_action,
 )
-from csvgen.metrics import UpstreamError
-from csvgen.plan import make_plan
 from tests.test_plan import seed
 from tests.test_plan_fuzz import wide
 
@@ -161,7 +162,7 @@ def test_any_upstream_records_give_a_csv_or_metric_failed(
             to_frame(orjson.dumps({"segments": a}), "segments", fields_read(plan, m))
             for m, a in enumerate(answers)
         ]
-        table = combine(plan, frames, {"L1": "=name"}, warnings=[])
+        table = combine(plan, frames, {"L1": "=name"})
         out = io.BytesIO()
         write_csv([c.heading for c in plan.columns], table, out, dialect=DIALECTS[plan.dialect])
     except (UpstreamError, MetricFailed):

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from csvgen.storage import Storage, content_disposition
+from csvgen.stores.s3 import Storage, content_disposition
 from tests.conftest import S3Server
 from tests.test_export import download
 

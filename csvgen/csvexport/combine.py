@@ -21,13 +21,11 @@ from typing import Any
 
 import polars as pl
 
-from .answers import TEXT_MARK
-from .errors import MetricFailed, TooLarge, echo
-from .plan import VALUE_FIELDS, ColumnSpec, ExportPlan, MetricPlan
+from ..errors import MetricFailed, TooLarge
+from .catalogue import VALUE_FIELDS
+from .plan import ColumnSpec, ExportPlan, MetricPlan
 
-__all__ = ["FORMULA_STARTS", "combine", "fields_read"]
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+__all__ = ["combine", "fields_read"]
 
 
 def combine(
@@ -36,12 +34,11 @@ def combine(
     names: Mapping[str, str] | None = None,
     *,
     max_rows: int | None = None,
-    warnings: list[str] | None = None,
 ) -> pl.DataFrame:
-    """The CSV's rows, sorted and ready to write: one text-safe column per CSV column.
+    """The CSV's rows, sorted and ready to write: one column per CSV column.
 
-    ``frames`` holds the records of each of ``plan.metrics``, in order. A warning
-    for each column that mixes numbers and text is appended to ``warnings``.
+    ``frames`` holds the records of each of ``plan.metrics``, in order. Formula
+    safety is the writer's (csvwrite.py).
 
     Raises:
         MetricFailed: two records claim one cell.
@@ -93,19 +90,7 @@ def combine(
         (pl.col(src).cast(pl.String) if src in keys else pl.col(src)).alias(f"c{n}")
         for n, src in enumerate(sources)
     )
-    text = [c for c, dtype in out.schema.items() if dtype == pl.String]
-    mixed = out.select(pl.col(c).str.starts_with(TEXT_MARK).any() for c in text).row(0)
-    for c, is_mixed in zip(text, mixed, strict=True):
-        if is_mixed and warnings is not None:
-            heading = plan.columns[int(c[1:])].heading
-            warnings.append(
-                f"column {echo(heading)}: the Metrics API answered numbers and text in one "
-                "field; numbers are written as numbers, text cells as text"
-            )
-    return out.with_columns(
-        _mixed_safe(c, plan.dialect == "excel-eu") if is_mixed else _formula_safe(c)
-        for c, is_mixed in zip(text, mixed, strict=True)
-    )
+    return out
 
 
 def fields_read(plan: ExportPlan, m: int) -> dict[str, Any] | None:
@@ -224,27 +209,3 @@ def _as_text(dtype: Any, name: str) -> pl.Expr:
     if dtype == pl.String:
         return pl.when(col == "").then(None).otherwise(col).alias(name)
     return col
-
-
-def _mixed_safe(name: str, decimal_comma: bool) -> pl.Expr:
-    """A column of numbers as text and marked text: numbers as they are, text made safe."""
-    col = pl.col(name)
-    text = col.str.slice(len(TEXT_MARK))
-    number = col.str.replace(".", ",", literal=True) if decimal_comma else col
-    safe = _safe_text(text)
-    return (
-        pl.when(col.str.starts_with(TEXT_MARK))
-        .then(pl.when(text == "").then(None).otherwise(safe))
-        .otherwise(number)
-        .alias(name)
-    )
-
-
-def _formula_safe(name: str) -> pl.Expr:
-    return _safe_text(pl.col(name)).alias(name)
-
-
-def _safe_text(col: pl.Expr) -> pl.Expr:
-    """Text a spreadsheet would run as a formula gets a leading quote; numbers never do."""
-    formula = pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
-    return pl.when(formula).then(pl.lit("'") + col).otherwise(col)

@@ -26,16 +26,27 @@ from urllib.parse import quote
 
 import polars as pl
 
+from ..config import Settings
+from ..errors import (
+    MAX_TEXT_CHARS,
+    MetricFailed,
+    MetricTimeout,
+    ReplyError,
+    TooLarge,
+    UpstreamError,
+    bounded,
+    cut,
+    echo,
+)
+from ..frames import Action, fingerprint
+from ..metrics import AnswerBudget
+from ..routes import Job
+from ..stores.s3 import Storage, content_disposition
 from .answers import Schema, to_frame
 from .combine import combine, fields_read
-from .config import Settings
-from .csvwrite import DIALECTS, WriteResult, spreadsheet_warnings, write_csv
-from .errors import MAX_TEXT_CHARS, MetricFailed, MetricTimeout, ReplyError, TooLarge, bounded, cut
-from .frames import Action, fingerprint
-from .metrics import AnswerBudget, UpstreamError
+from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
+from .dialects import DIALECTS
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
-from .routes import Job
-from .storage import Storage, content_disposition
 
 __all__ = ["ROUTE", "CsvExport", "MetricsSource"]
 
@@ -98,9 +109,8 @@ class CsvExport:
         clock = _Stages()
         answers, names, owner = await self._gather(plan)
         clock.lap("fetch")
-        notes: list[str] = []
         table = await asyncio.to_thread(
-            combine, plan, answers, names, max_rows=self.settings.max_rows, warnings=notes
+            combine, plan, answers, names, max_rows=self.settings.max_rows
         )
         del answers
         clock.lap("combine")
@@ -143,7 +153,11 @@ class CsvExport:
                     "sha256": written.sha256,
                     "contentType": content_type,
                     "warnings": bounded_warnings(
-                        [*plan.warnings, *notes, *spreadsheet_warnings(plan.dialect, table.height)]
+                        [
+                            *plan.warnings,
+                            *(_mixed_warning(plan.columns[n].heading) for n in written.mixed),
+                            *spreadsheet_warnings(plan.dialect, table.height),
+                        ]
                     ),
                 }
             ]
@@ -256,6 +270,13 @@ class CsvExport:
                     self._references[(entity_type, item["id"])] = (now, item)
                     found[item["id"]] = item
         return found
+
+
+def _mixed_warning(heading: str) -> str:
+    return (
+        f"column {echo(heading)}: the Metrics API answered numbers and text in one field; "
+        "numbers are written as numbers, text cells as text"
+    )
 
 
 def bounded_warnings(warnings: list[str]) -> list[str]:

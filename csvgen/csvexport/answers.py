@@ -31,7 +31,8 @@ from typing import Any
 import orjson
 import polars as pl
 
-from .metrics import UpstreamError, parse_answer
+from ..errors import UpstreamError
+from ..frames import parse_answer
 
 __all__ = ["SMALL_ANSWER_BYTES", "TEXT_MARK", "Schema", "number_text", "to_frame"]
 

@@ -14,11 +14,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import MAX_DETAILS, Detail, InvalidRequest, cut, echo
-from .frames import json_type
+from ..errors import MAX_DETAILS, Detail, InvalidRequest, cut, echo
+from ..frames import json_type
+from .catalogue import (
+    COMPRESSIONS,
+    DATE_PERIODS,
+    DIMENSION_ALIASES,
+    DIMENSION_BY_NAME,
+    DIMENSIONS,
+    ENTITY_ONLY_ROUTES,
+    ENTITY_TYPES,
+    ENUMS,
+    OWN_FIELDS,
+    PERIOD_HOURS,
+    ROUTE_BY_FETCH_VALUE,
+    VALUE_FIELDS,
+)
+from .dialects import DIALECTS
 
 __all__ = [
-    "DIMENSIONS",
     "ColumnSpec",
     "ExportPlan",
     "Limits",
@@ -27,62 +41,6 @@ __all__ = [
     "make_plan",
 ]
 
-#: rowFilters values, in the order the spec lists them.
-DIMENSIONS = ("entity", "age", "gender", "role", "taxonomy")
-ENUMS = {
-    "age": ("ages", ["0_15", "16_24", "25_34", "35_44", "45_54", "55_64", "65_100"]),
-    "gender": ("genders", ["male", "female"]),
-    "role": ("roles", ["customer", "staff", "customer-customer", "customer-staff", "staff-staff"]),
-}
-ENTITY_TYPES = ("location", "organisation", "recording")
-DIALECTS = ("default", "excel", "excel-eu")
-COMPRESSIONS = ("none", "gzip")
-#: Periods whose bucket is written as a date; anything finer is a full timestamp.
-DATE_PERIODS = frozenset({"day", "week", "month", "year"})
-
-_DIMENSION_ALIASES = {
-    "index": ("index", "date", "day", "time", "timestamp", "period", "hour", "week", "month"),
-    "entity": ("entity", "location", "store", "site", "organisation", "recording"),
-    "entity_name": ("entity_name", "entity name", "location name", "store name", "site name"),
-    "age": ("age", "age group"),
-    "gender": ("gender",),
-    "role": ("role",),
-    "taxonomy": ("taxonomy", "zone", "area"),
-}
-DIMENSION_BY_NAME = {alias: dim for dim, aliases in _DIMENSION_ALIASES.items() for alias in aliases}
-
-SALES_FIELDS = ("sales_transaction_count", "sales_volume", "sales_units", "sales_atv", "sales_upt")
-#: fetchValue → route (SPEC §3); area_max_occupancy depends on the body.
-ROUTE_BY_FETCH_VALUE = {
-    "entries": "entries",
-    "passers_by": "passers-by",
-    "capture_rate": "capture-rate",
-    "area_average_occupancy": "area/average-occupancy",
-    "area_utilisation": "area/utilisation",
-    "sales_conversion_rate": "transactions/conversion-rate",
-    "uptime": "uptime",
-    **dict.fromkeys(SALES_FIELDS, "transactions/data"),
-}
-#: Value fields of the routes csvgen knows; fetchValue may be left out when there is one.
-VALUE_FIELDS = {
-    "entries": ("entries",),
-    "passers-by": ("passers_by",),
-    "capture-rate": ("capture_rate",),
-    "max-occupancy": ("area_max_occupancy",),
-    "area/max-occupancy": ("area_max_occupancy",),
-    "area/average-occupancy": ("area_average_occupancy",),
-    "area/utilisation": ("area_utilisation",),
-    "transactions/data": SALES_FIELDS,
-    "transactions/conversion-rate": ("sales_conversion_rate",),
-    "uptime": ("uptime",),
-}
-#: Routes that take breakdownByDimensions ["entity"] only.
-ENTITY_ONLY_ROUTES = frozenset({"transactions/data", "transactions/conversion-rate", "uptime"})
-#: csvgen's own fields on a metric request; never sent upstream.
-OWN_FIELDS = ("metricId", "name", "route")
-
-#: Hours in one bucket of each period csvgen can count buckets of (for the row estimate).
-PERIOD_HOURS = {"hour": 1.0, "day": 24.0, "week": 168.0, "month": 28 * 24.0, "year": 365 * 24.0}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _ISO_WITH_ZONE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
@@ -174,7 +132,7 @@ def make_plan(body: Mapping[str, Any], limits: Limits = Limits()) -> ExportPlan:
     row_dims = _row_filters(fmt.get("rowFilters"), p)
     columns = _columns(fmt.get("columns"), limits, p)
     sort_by = _sort_by(fmt.get("sortBy"), len(columns), limits, p)
-    dialect = _choice(fmt, "dialect", DIALECTS, p)
+    dialect = _choice(fmt, "dialect", tuple(DIALECTS), p)
     compression = _choice(fmt, "compression", COMPRESSIONS, p)
     if not raw_metrics or not columns:
         raise p.error()  # nothing more can be checked meaningfully
@@ -397,7 +355,7 @@ def _column(
             p.add(
                 path,
                 f"column {echo(heading)} has no metricId and is not a dimension column "
-                f"({_one_of(sorted(_DIMENSION_ALIASES))}, by field or heading)",
+                f"({_one_of(sorted(DIMENSION_ALIASES))}, by field or heading)",
             )
         elif dim != "index":
             needed = "entity" if dim == "entity_name" else dim

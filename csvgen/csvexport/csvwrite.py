@@ -5,7 +5,15 @@ minimal quoting), ``excel`` (the same with a UTF-8 BOM) and ``excel-eu`` (BOM,
 ``;`` separator, decimal comma in non-integer numbers). ``gzip`` wraps the sink
 (mtime 0, so equal tables give equal bytes). Numbers are written by polars in
 plain decimal with full (shortest round-trip) precision, never in exponent form.
-The header is written here, with the same quoting and formula safety as cells.
+The header is written here, with the same quoting as cells.
+
+Formula safety (SPEC §4, §8) is the writer's: a text cell (headings included)
+that starts with ``=``, ``+``, ``-``, ``@``, tab or CR is written with a leading
+``'``; a number never is, cell by cell. A column in which the upstream answer
+mixed numbers and text arrives as text whose text cells carry
+:data:`~csvgen.csvexport.answers.TEXT_MARK`: its numbers are written as numbers
+(with the dialect's decimal separator) and its text cells made safe as text;
+:attr:`WriteResult.mixed` names such columns.
 """
 
 from __future__ import annotations
@@ -17,18 +25,19 @@ from typing import IO, Any
 
 import polars as pl
 
-from .combine import FORMULA_STARTS
+from .answers import TEXT_MARK
+from .dialects import DIALECTS, Dialect
 
 __all__ = [
-    "DIALECTS",
     "EXCEL_MAX_ROWS",
-    "Dialect",
+    "FORMULA_STARTS",
     "WriteResult",
     "spreadsheet_warnings",
     "write_csv",
 ]
 
 BOM = b"\xef\xbb\xbf"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 #: Rows an Excel sheet holds, header included.
@@ -36,25 +45,12 @@ EXCEL_MAX_ROWS = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)
-class Dialect:
-    separator: str = ","
-    decimal_comma: bool = False
-    bom: bool = False
-
-
-DIALECTS = {
-    "default": Dialect(),
-    "excel": Dialect(bom=True),
-    "excel-eu": Dialect(separator=";", decimal_comma=True, bom=True),
-}
-
-
-@dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What the sink received: its size and sha256."""
+    """What the sink received: its size and sha256; the columns that mixed numbers and text."""
 
     size: int
     sha256: str
+    mixed: tuple[int, ...] = ()
 
 
 class _HashingSink:
@@ -107,6 +103,7 @@ def write_csv(
     )
     header = dialect.separator.join(heading(h, dialect.separator) for h in headings) + "\r\n"
     out.write((BOM if dialect.bom else b"") + header.encode())
+    table, mixed = _safe(table, dialect.decimal_comma)
     if table.height:
         table.write_csv(
             out,
@@ -120,4 +117,38 @@ def write_csv(
         )
     if compress:
         out.close()  # writes the gzip trailer; the sink stays open
-    return WriteResult(hashing.size, hashing.hash.hexdigest())
+    return WriteResult(hashing.size, hashing.hash.hexdigest(), mixed)
+
+
+def _safe(table: pl.DataFrame, decimal_comma: bool) -> tuple[pl.DataFrame, tuple[int, ...]]:
+    """Formula safety for every text column; the indices of the columns that mixed types."""
+    text = [n for n, dtype in enumerate(table.dtypes) if dtype == pl.String]
+    if not text:
+        return table, ()
+    names = [table.columns[n] for n in text]
+    marked = table.select(pl.col(c).str.starts_with(TEXT_MARK).any() for c in names).row(0)
+    mixed = tuple(n for n, is_mixed in zip(text, marked, strict=True) if is_mixed)
+    safe = table.with_columns(
+        _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)
+        for c, is_mixed in zip(names, marked, strict=True)
+    )
+    return safe, mixed
+
+
+def _mixed_safe(name: str, decimal_comma: bool) -> pl.Expr:
+    """Numbers as text and marked text: the numbers as they are, the text made safe."""
+    col = pl.col(name)
+    text = col.str.slice(len(TEXT_MARK))
+    number = col.str.replace(".", ",", literal=True) if decimal_comma else col
+    return (
+        pl.when(col.str.starts_with(TEXT_MARK))
+        .then(pl.when(text == "").then(None).otherwise(_safe_text(text)))
+        .otherwise(number)
+        .alias(name)
+    )
+
+
+def _safe_text(col: pl.Expr) -> pl.Expr:
+    """Text a spreadsheet would run as a formula gets a leading quote."""
+    formula = pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
+    return pl.when(formula).then(pl.lit("'") + col).otherwise(col)
