@@ -10,7 +10,7 @@ from .config import Settings
 from .csvexport.route import ROUTE, CsvExport
 from .metrics import MetricsClient
 from .routes import Router
-from .stores.s3 import Storage
+from .stores.s3 import S3Store
 
 
 @contextlib.asynccontextmanager
@@ -22,7 +22,7 @@ async def build_router(
     ``now`` pins the export time (tests); by default it is the UTC clock.
     """
     async with MetricsClient(settings) as metrics:
-        storage = Storage(settings.bucket)
+        storage = S3Store(settings.bucket)
         export = (
             CsvExport(settings, metrics, storage, now=now)
             if now

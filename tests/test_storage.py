@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from csvgen.stores.s3 import Storage, content_disposition
+from csvgen.stores.s3 import S3Store, content_disposition
 from tests.conftest import S3Server
 from tests.test_export import download
 
@@ -21,7 +21,7 @@ META = {"content_type": "text/csv", "disposition": 'attachment; filename="x.csv"
 
 async def test_taken_keys_get_suffixes_and_nothing_is_overwritten(s3: S3Server) -> None:
     """Each upload to one stem lands on a new key; every object keeps its own bytes."""
-    storage = Storage("aura-exports")
+    storage = S3Store("aura-exports")
     keys = []
     for n in range(3):
         body = f"file {n}".encode()
@@ -34,7 +34,7 @@ async def test_taken_keys_get_suffixes_and_nothing_is_overwritten(s3: S3Server) 
 async def test_a_key_taken_by_someone_else_is_skipped(s3: S3Server) -> None:
     """A key another replica wrote is never overwritten: the conditional put moves on."""
     s3.client().put_object(Bucket="aura-exports", Key="exports/o/t.csv", Body=b"theirs")
-    stored = await Storage("aura-exports").put_new(
+    stored = await S3Store("aura-exports").put_new(
         "exports/o/t", ".csv", io.BytesIO(b"ours"), 4, **META
     )
     assert stored.key == "exports/o/t-2.csv"
@@ -44,7 +44,7 @@ async def test_a_key_taken_by_someone_else_is_skipped(s3: S3Server) -> None:
 async def test_big_files_go_up_in_parts(s3: S3Server) -> None:
     """Above the threshold the file is sent as a multipart upload and arrives whole."""
     data = os.urandom(12 * 1024 * 1024)
-    storage = Storage(
+    storage = S3Store(
         "aura-exports", multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024
     )
     stored = await storage.put_new("exports/o/big", ".csv", io.BytesIO(data), len(data), **META)
@@ -56,7 +56,7 @@ async def test_big_files_go_up_in_parts(s3: S3Server) -> None:
 
 
 async def test_presigned_url_downloads_and_says_its_lifetime(s3: S3Server) -> None:
-    storage = Storage("aura-exports")
+    storage = S3Store("aura-exports")
     stored = await storage.put_new("exports/o/u", ".csv", io.BytesIO(b"a,b\r\n"), 5, **META)
     url, expires_at = storage.presign(stored.key, 120)
     query = parse_qs(urlsplit(url).query)
@@ -77,7 +77,7 @@ def test_content_disposition_is_safe() -> None:
 class Gate:
     """Holds the upload thread at one S3 operation (a botocore event hook) until released."""
 
-    def __init__(self, storage: Storage, operation: str) -> None:
+    def __init__(self, storage: S3Store, operation: str) -> None:
         self.reached = threading.Event()
         self.release = threading.Event()
         storage.client.meta.events.register(f"before-send.s3.{operation}", self._hold)
@@ -97,7 +97,7 @@ async def test_a_cancelled_upload_leaves_nothing_in_the_bucket(
     completion (or a single put), it completes and is then deleted.
     """
     threshold = 1 if operation != "PutObject" else 64 * 1024 * 1024
-    storage = Storage("aura-exports", multipart_threshold=threshold, part_size=5 * 1024 * 1024)
+    storage = S3Store("aura-exports", multipart_threshold=threshold, part_size=5 * 1024 * 1024)
     gate = Gate(storage, operation)
     data = os.urandom(11 * 1024 * 1024)
     task = asyncio.create_task(
@@ -111,3 +111,20 @@ async def test_a_cancelled_upload_leaves_nothing_in_the_bucket(
     client = s3.client()
     assert client.list_objects_v2(Bucket="aura-exports").get("Contents", []) == []
     assert client.list_multipart_uploads(Bucket="aura-exports").get("Uploads", []) == []
+
+
+async def test_conditional_small_objects(s3: S3Server) -> None:
+    """What replica receipts build on: create once, replace only the version read, read, delete."""
+    store = S3Store("aura-exports")
+    first = await store.create("exports/.receipts/a.json", b"one", "application/json")
+    assert first is not None
+    assert await store.create("exports/.receipts/a.json", b"two", "application/json") is None
+    read = await store.read("exports/.receipts/a.json")
+    assert read is not None and (read.data, read.etag) == (b"one", first)
+    second = await store.replace("exports/.receipts/a.json", b"three", "application/json", first)
+    assert second is not None and second != first
+    stale = await store.replace("exports/.receipts/a.json", b"four", "application/json", first)
+    assert stale is None
+    assert s3.get("exports/.receipts/a.json") == b"three"
+    await store.delete("exports/.receipts/a.json")
+    assert await store.read("exports/.receipts/a.json") is None

@@ -41,12 +41,14 @@ from ..errors import (
 from ..frames import Action, fingerprint
 from ..metrics import AnswerBudget
 from ..routes import Job
-from ..stores.s3 import Storage, content_disposition
+from ..stores import ObjectStore
+from ..stores.s3 import content_disposition
 from .answers import Schema, to_frame
 from .combine import combine, fields_read
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
+from .references import ReferenceCache
 
 __all__ = ["ROUTE", "CsvExport", "MetricsSource"]
 
@@ -55,8 +57,6 @@ logger = logging.getLogger(__name__)
 ROUTE = "external-service/csv-generator"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
 GZIP_CONTENT_TYPE = "application/gzip"
-REFERENCE_TTL_S = 3600.0
-MAX_REFERENCES = 100_000
 
 
 #: Answers read into frames at once: each read is memory-hungry, and there are two cores.
@@ -76,15 +76,16 @@ class CsvExport:
         self,
         settings: Settings,
         metrics: MetricsSource,
-        storage: Storage,
+        storage: ObjectStore,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        references: ReferenceCache | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.storage = storage
         self.now = now
-        self._references: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.references = references or ReferenceCache()
         self._reads = asyncio.Semaphore(PARALLEL_READS)
 
     def prepare(self, action: Action) -> Job:
@@ -249,26 +250,19 @@ class CsvExport:
         return found
 
     async def _lookup(self, entity_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Reference data (detail/list) for ``ids``, cached for an hour."""
-        now = time.monotonic()
-        found: dict[str, dict[str, Any]] = {}
-        missing = []
-        for eid in ids:
-            hit = self._references.get((entity_type, eid))
-            if hit is not None and now - hit[0] < REFERENCE_TTL_S:
-                found[eid] = hit[1]
-            else:
-                missing.append(eid)
+        """Reference data (detail/list) for ``ids``: from the cache, else asked for."""
+        found, missing = self.references.get(entity_type, ids)
         if missing:
-            if len(self._references) > MAX_REFERENCES:
-                self._references.clear()  # a long-lived worker must not grow without end
             body = {"returnEntityType": entity_type, "entities": missing, "entityType": entity_type}
             async with asyncio.timeout(self.settings.metric_timeout_s):
                 answer = await self.metrics.request("detail", "detail/list", body)
-            for item in answer if isinstance(answer, list) else ():
-                if isinstance(item, dict) and isinstance(item.get("id"), str):
-                    self._references[(entity_type, item["id"])] = (now, item)
-                    found[item["id"]] = item
+            records = [
+                item
+                for item in (answer if isinstance(answer, list) else ())
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+            ]
+            self.references.put(entity_type, records)
+            found.update((item["id"], item) for item in records)
         return found
 
 

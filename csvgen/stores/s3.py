@@ -25,7 +25,6 @@ import logging
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,11 +33,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageFailed
+from . import StoredObject, Versioned
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["Storage", "StoredObject", "content_disposition"]
+__all__ = ["S3Store", "content_disposition"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,6 @@ MAX_SUFFIX = 100
 REMEMBERED_STEMS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    bucket: str
-    key: str
-
-
 def content_disposition(name: str, extension: str) -> str:
     """``attachment; filename="…"`` from a metric request's name, made safe for any client."""
     stem = re.sub(r"[^A-Za-z0-9._ -]+", "", name).strip(" .")
@@ -62,7 +56,9 @@ def content_disposition(name: str, extension: str) -> str:
     return f'attachment; filename="{stem}{extension}"'
 
 
-class Storage:
+class S3Store:
+    """The :class:`~csvgen.stores.ObjectStore` on S3 (or any S3 API: moto, MinIO…)."""
+
     def __init__(
         self,
         bucket: str,
@@ -203,6 +199,66 @@ class Storage:
             except (BotoCoreError, ClientError):
                 logger.warning("could not abort multipart upload of %s", key)
             raise
+
+    async def create(self, key: str, data: bytes, content_type: str) -> str | None:
+        try:
+            answer = await asyncio.to_thread(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                return None
+            raise self._failed("create", exc) from None
+        except BotoCoreError as exc:
+            raise self._failed("create", exc) from None
+        return answer["ETag"]
+
+    async def replace(self, key: str, data: bytes, content_type: str, etag: str) -> str | None:
+        try:
+            answer = await asyncio.to_thread(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                IfMatch=etag,
+            )
+        except ClientError as exc:
+            if _is_precondition_failed(exc) or _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._failed("replace", exc) from None
+        except BotoCoreError as exc:
+            raise self._failed("replace", exc) from None
+        return answer["ETag"]
+
+    async def read(self, key: str) -> Versioned | None:
+        def get() -> Versioned:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            return Versioned(answer["Body"].read(), answer["ETag"])
+
+        try:
+            return await asyncio.to_thread(get)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._failed("read", exc) from None
+        except BotoCoreError as exc:
+            raise self._failed("read", exc) from None
+
+    async def delete(self, key: str) -> None:
+        try:
+            await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._failed("delete", exc) from None
+
+    def _failed(self, what: str, exc: Exception) -> StorageFailed:
+        logger.warning("%s in s3://%s failed: %s", what, self.bucket, exc)
+        return StorageFailed(f"{what} in bucket {self.bucket!r} failed: {_code(exc)}")
 
     def presign(self, key: str, expires_s: int, now: datetime | None = None) -> tuple[str, str]:
         """A presigned GET URL for ``key`` and when it expires (ISO 8601, UTC, ``Z``)."""
