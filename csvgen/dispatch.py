@@ -33,86 +33,31 @@ ones get the grace period; the rest are cancelled and answered ``shutting_down``
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import frames
 from .errors import (
     BodyTooLarge,
-    Detail,
     ExportTimeout,
     FrameError,
     InternalError,
     InvalidEnvelope,
-    InvalidRequest,
     Overloaded,
     ReplyError,
     ShuttingDown,
-    echo,
 )
+from .outbox import Outbox
+from .receipts import MAX_RECEIPTS, Done, MemoryReceipts, Receipts, Seen
 from .routes import Job, Route, Router
 
-__all__ = ["Dispatcher", "Outbox"]
+__all__ = ["Dispatcher"]
 
 logger = logging.getLogger(__name__)
 
 ROUTE_PREFIX = "external-service/"
-#: Finished requests remembered for idempotency at most (the oldest go first).
-MAX_REMEMBERED = 100_000
-#: Receipts of one in-flight id answered at most (SPEC §8).
-MAX_RECEIPTS = 16
-
-
-class Outbox:
-    """Reply texts waiting to be sent, in order; kept across reconnects."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[str] = collections.deque()
-        self._ready = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
-
-    def put(self, text: str) -> None:
-        self._items.append(text)
-        self._ready.set()
-        self._empty.clear()
-
-    async def peek(self) -> str:
-        """Wait for the oldest reply without removing it (it is removed once sent)."""
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items[0]
-
-    def pop(self) -> None:
-        self._items.popleft()
-        if not self._items:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@dataclass(slots=True)
-class _InFlight:
-    fingerprint: bytes
-    receipts: int = 1
-    dropped: int = 0  # receipts over MAX_RECEIPTS
-
-
-@dataclass(slots=True)
-class _Done:
-    fingerprint: bytes
-    payload: Any
-    route: Route
-    at: float
 
 
 class Dispatcher:
@@ -129,6 +74,7 @@ class Dispatcher:
         max_depth: int = frames.MAX_DEPTH,
         stop: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        receipts: Receipts | None = None,
     ) -> None:
         self.router = router
         self.outbox = outbox
@@ -144,8 +90,7 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._admitted = 0  # running + waiting exports
-        self._in_flight: dict[str, _InFlight] = {}
-        self._done: collections.OrderedDict[str, _Done] = collections.OrderedDict()
+        self.receipts = receipts or MemoryReceipts(ttl_s=dedupe_ttl_s, clock=clock)
 
     @property
     def draining(self) -> bool:
@@ -185,23 +130,19 @@ class Dispatcher:
             return
         route = self.router.resolve(action.route)
         fp = frames.fingerprint(action.route, action.body)
-        self._expire()
-        if (flight := self._in_flight.get(action.id)) is not None:
-            _check_same(action.id, flight.fingerprint, fp)
-            if flight.receipts < MAX_RECEIPTS:
-                flight.receipts += 1
-                logger.info("request %s: duplicate of a request in flight", action.id)
-            else:
-                flight.dropped += 1
-                if flight.dropped == 1:
-                    logger.warning(
-                        "request %s: more than %d receipts in flight; the rest are dropped",
-                        action.id,
-                        MAX_RECEIPTS,
-                    )
+        seen, done = self.receipts.receive(action.id, fp)
+        if seen is Seen.DUPLICATE:
+            logger.info("request %s: duplicate of a request in flight", action.id)
             return
-        if (done := self._done.get(action.id)) is not None:
-            _check_same(action.id, done.fingerprint, fp)
+        if seen is Seen.OVERFLOW:
+            logger.warning(
+                "request %s: more than %d receipts in flight; the rest are dropped",
+                action.id,
+                MAX_RECEIPTS,
+            )
+        if seen in (Seen.OVERFLOW, Seen.DROPPED):
+            return
+        if done is not None:
             self._spawn(self._replay(action, done))
             return
         if self.draining:
@@ -210,7 +151,7 @@ class Dispatcher:
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise Overloaded(max(0, self._admitted - self.max_concurrent))
         self._admitted += 1
-        self._in_flight[action.id] = _InFlight(fp)
+        self.receipts.admit(action.id, fp)
         self._spawn(self._export(action.id, action.route, route, job, fp))
 
     def _spawn(self, coro: Any) -> None:
@@ -235,28 +176,31 @@ class Dispatcher:
                 raise
             payload = ExportTimeout(self.export_timeout_s).as_json()
         outcome = _code(payload)
-        if outcome == "ok":
-            self._done[rid] = _Done(fp, payload, route, self.clock())
-            if len(self._done) > MAX_REMEMBERED:
-                self._done.popitem(last=False)
+        done = Done(fp, payload, route.replay, self.clock()) if outcome == "ok" else None
         self._finish(
-            rid, name, payload, outcome, start, route.summarize(payload) if outcome == "ok" else ""
+            rid, name, payload, outcome, start, route.summarize(payload) if done else "", done
         )
 
     def _finish(
-        self, rid: str, name: str, payload: Any, outcome: str, start: float, summary: str = ""
+        self,
+        rid: str,
+        name: str,
+        payload: Any,
+        outcome: str,
+        start: float,
+        summary: str = "",
+        done: Done | None = None,
     ) -> None:
         self._admitted -= 1
-        flight = self._in_flight.pop(rid)
-        for _ in range(flight.receipts):
+        for _ in range(self.receipts.finish(rid, done)):
             self._reply(rid, payload)
         self._log(rid, name, outcome, self.clock() - start, summary)
 
-    async def _replay(self, action: frames.Action, done: _Done) -> None:
+    async def _replay(self, action: frames.Action, done: Done) -> None:
         start = self.clock()
         try:
             payload = await _outcome(
-                lambda: done.route.replay(done.payload),
+                lambda: done.replay(done.payload),
                 f"request {action.id}: bug while answering a repeat",
             )
         except asyncio.CancelledError:
@@ -286,14 +230,6 @@ class Dispatcher:
             seconds,
             f" {summary}" if summary else "",
         )
-
-    def _expire(self) -> None:
-        horizon = self.clock() - self.dedupe_ttl_s
-        while self._done:
-            rid, done = next(iter(self._done.items()))
-            if done.at > horizon:
-                break
-            del self._done[rid]
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -334,11 +270,3 @@ def _code(payload: Any) -> str:
     """``ok`` for a success payload, else the error reply's code."""
     error = payload.get("error") if isinstance(payload, dict) else None
     return str(error["code"]) if isinstance(error, dict) else "ok"
-
-
-def _check_same(rid: str, seen: bytes, now: bytes) -> None:
-    if seen != now:
-        raise InvalidRequest(
-            [Detail("id", f"request id {echo(rid)} was already used with a different body")],
-            message="request id reused with a different body",
-        )

@@ -18,7 +18,8 @@ from contextlib import AbstractAsyncContextManager
 
 from .bus import Bus
 from .config import Settings
-from .dispatch import Dispatcher, Outbox
+from .dispatch import Dispatcher
+from .outbox import Outbox
 from .routes import Router
 
 __all__ = ["main", "serve"]
