@@ -68,7 +68,7 @@ async def serve(settings: Settings, router: Router, stop: asyncio.Event) -> None
 
 @contextlib.asynccontextmanager
 async def signal_handlers(stop: asyncio.Event) -> AsyncIterator[None]:
-    """Install SIGTERM/SIGINT handlers for the block; restore the defaults after."""
+    """Install SIGTERM/SIGINT handlers for the block; restore the previous ones after."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
 
@@ -82,13 +82,15 @@ async def signal_handlers(stop: asyncio.Event) -> AsyncIterator[None]:
         stop.set()
 
     sigs = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         yield
     finally:
         for sig in sigs:
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # sets the default: put back what was there
+            signal.signal(sig, previous[sig])
 
 
 async def main(settings: Settings, router_factory: RouterFactory) -> int:
