@@ -367,3 +367,15 @@ def test_single_metric_request_needs_no_metric_id() -> None:
     body = changed("csvFormat.columns[1]", {"heading": "Entries", "fetchValue": "entries"})
     del body["metricRequests"][0]["metricId"]
     assert make_plan(body).columns[1].metric == 0
+
+
+def test_the_plan_carries_what_each_answer_is_read_for() -> None:
+    """Each metric's read schema comes with the plan: row keys and filters as keys, values."""
+    assert make_plan(seed()).metrics[0].reads == (
+        ("index", "key"),
+        ("location", "key"),
+        ("entries", "value"),
+    )
+    body = seed()
+    body["csvFormat"]["columns"][1]["field"] = "dwell.p50"
+    assert make_plan(body).metrics[0].reads is None  # a nested read: types are inferred

@@ -15,8 +15,8 @@ import polars as pl
 from hypothesis import given, strategies as st
 
 from csvgen.config import Settings
-from csvgen.csvexport.answers import to_frame
-from csvgen.csvexport.combine import combine, fields_read
+from csvgen.csvexport.answers import schema, to_frame
+from csvgen.csvexport.combine import combine
 from csvgen.csvexport.csvwrite import write_csv
 from csvgen.csvexport.dialects import DIALECTS
 from csvgen.csvexport.plan import make_plan
@@ -159,7 +159,7 @@ def test_any_upstream_records_give_a_csv_or_metric_failed(
     answers = [first, *([other] * (len(plan.metrics) - 1))]
     try:
         frames = [
-            to_frame(orjson.dumps({"segments": a}), "segments", fields_read(plan, m))
+            to_frame(orjson.dumps({"segments": a}), "segments", schema(plan.metrics[m].reads))
             for m, a in enumerate(answers)
         ]
         table = combine(plan, frames, {"L1": "=name"})

@@ -24,7 +24,7 @@ those cells only.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +34,7 @@ import polars as pl
 from ..errors import UpstreamError
 from ..frames import parse_answer
 
-__all__ = ["SMALL_ANSWER_BYTES", "TEXT_MARK", "Schema", "number_text", "to_frame"]
+__all__ = ["SMALL_ANSWER_BYTES", "TEXT_MARK", "Schema", "number_text", "schema", "to_frame"]
 
 #: Starts each text cell of a value column that mixes numbers and text.
 TEXT_MARK = "\x00"
@@ -69,6 +69,13 @@ def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFr
         return pl.DataFrame(records, infer_schema_length=None, strict=False)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         raise UpstreamError(f"the {facet} records cannot be read") from None
+
+
+def schema(reads: Iterable[tuple[str, str]] | None) -> Schema | None:
+    """A plan's ``reads`` as polars types: keys as text, values as Float64 (None: infer)."""
+    if reads is None:
+        return None
+    return {name: pl.String if kind == "key" else pl.Float64 for name, kind in reads}
 
 
 def number_text(value: int | float) -> str:

@@ -22,10 +22,9 @@ from typing import Any
 import polars as pl
 
 from ..errors import MetricFailed, TooLarge
-from .catalogue import VALUE_FIELDS
-from .plan import ColumnSpec, ExportPlan, MetricPlan
+from .plan import ColumnSpec, ExportPlan, MetricPlan, field_of, value_field
 
-__all__ = ["combine", "fields_read"]
+__all__ = ["combine"]
 
 
 def combine(
@@ -93,21 +92,6 @@ def combine(
     return out
 
 
-def fields_read(plan: ExportPlan, m: int) -> dict[str, Any] | None:
-    """The record fields the CSV reads from ``plan.metrics[m]``'s answer, typed for a fast read.
-
-    None when a column reads inside a nested value (``field``): then types are inferred.
-    """
-    metric = plan.metrics[m]
-    columns = [c for c in plan.columns if c.metric == m]
-    if any(c.path for c in columns):
-        return None
-    fields: dict[str, Any] = {_field_of(metric, d): pl.String for d in plan.key_dimensions}
-    fields.update({_field_of(metric, k): pl.String for c in columns for k, _ in c.filter})
-    fields.update({_value_field(metric, c): pl.Float64 for c in columns})
-    return fields
-
-
 def _parts(
     plan: ExportPlan, m: int, metric: MetricPlan, frame: pl.DataFrame, keys: list[str]
 ) -> list[tuple[pl.DataFrame, ColumnSpec]]:
@@ -122,7 +106,7 @@ def _parts(
     key_exprs = [e.alias(k) for e, k in zip(_key_exprs(plan, metric, frame), keys, strict=True)]
     parts = []
     for filter_, cols in by_filter.items():
-        matches = [_text(frame, _field_of(metric, dim)) == value for dim, value in filter_]
+        matches = [_text(frame, field_of(metric, dim)) == value for dim, value in filter_]
         selected = frame.filter(*matches) if matches else frame
         part = selected.select(
             pl.int_range(pl.len()).alias("_row"),  # one row per record, even if all else is null
@@ -143,17 +127,8 @@ def _key_exprs(plan: ExportPlan, metric: MetricPlan, frame: pl.DataFrame) -> lis
             width = 10 if plan.date_only else 19
             exprs.append(_text(frame, "index").str.slice(0, width))
         else:
-            exprs.append(_text(frame, _field_of(metric, dim)))
+            exprs.append(_text(frame, field_of(metric, dim)))
     return exprs
-
-
-def _field_of(metric: MetricPlan, dim: str) -> str:
-    return metric.entity_type if dim == "entity" else dim
-
-
-def _value_field(metric: MetricPlan, col: ColumnSpec) -> str:
-    """The record field a value column reads: its fetchValue, or the route's one field."""
-    return col.fetch_value or VALUE_FIELDS[metric.route][0]
 
 
 def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
@@ -168,7 +143,7 @@ def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
 
 def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
     """``record[fetchValue]``, then ``field``'s dotted path into it; missing → null."""
-    name = _value_field(metric, col)
+    name = value_field(metric, col)
     if name not in frame.columns:
         return pl.lit(None)
     expr = pl.col(name)

@@ -7,6 +7,7 @@ request's route (SPEC §3) and shapes the body sent upstream.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -38,7 +39,9 @@ __all__ = [
     "Limits",
     "MetricPlan",
     "estimate_rows",
+    "field_of",
     "make_plan",
+    "value_field",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -67,6 +70,10 @@ class MetricPlan:
     entities: tuple[str, ...]
     period: str | None
     body: dict[str, Any]  # exactly what is sent upstream
+    #: The record fields the CSV reads from the answer, each a row key or filter
+    #: (``"key"``) or a value (``"value"``); None when a column reads inside a
+    #: nested value (``field``), so the reader must infer every type.
+    reads: tuple[tuple[str, str], ...] | None = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +177,18 @@ def make_plan(body: Mapping[str, Any], limits: Limits = Limits()) -> ExportPlan:
     if p.details or p.omitted:
         raise p.error()
 
-    plans = tuple(metrics)
+    final = tuple(s if s.metric is None else _renumbered(s, renumber[s.metric]) for s in specs)
+    own: dict[int, list[ColumnSpec]] = {}
+    for c in final:
+        if c.metric is not None:
+            own.setdefault(c.metric, []).append(c)
+    keys = (("index",) if dated else ()) + tuple(row_dims)
+    plans = tuple(
+        dataclasses.replace(m, reads=_reads(m, own.get(n, []), keys)) for n, m in enumerate(metrics)
+    )
     period = plans[0].period if plans else None
     return ExportPlan(
-        columns=tuple(s if s.metric is None else _renumbered(s, renumber[s.metric]) for s in specs),
+        columns=final,
         sort_by=tuple(sort_by),
         row_dimensions=tuple(row_dims),
         dated=dated,
@@ -506,6 +521,28 @@ def _check_column_coverage(
                     f"column, so this column needs a {dim!r} filter too "
                     "(or its own metric request)",
                 )
+
+
+def _reads(
+    metric: MetricPlan, columns: list[ColumnSpec], keys: tuple[str, ...]
+) -> tuple[tuple[str, str], ...] | None:
+    """What the CSV reads from ``metric``'s records (see MetricPlan.reads)."""
+    if any(c.path for c in columns):
+        return None
+    fields = {field_of(metric, d): "key" for d in keys}
+    fields.update({field_of(metric, k): "key" for c in columns for k, _ in c.filter})
+    fields.update({value_field(metric, c): "value" for c in columns})
+    return tuple(fields.items())
+
+
+def field_of(metric: MetricPlan, dim: str) -> str:
+    """The record field holding dimension ``dim`` (the entity's is named after its type)."""
+    return metric.entity_type if dim == "entity" else dim
+
+
+def value_field(metric: MetricPlan, col: ColumnSpec) -> str:
+    """The record field a value column reads: its fetchValue, or the route's one field."""
+    return col.fetch_value or VALUE_FIELDS[metric.route][0]
 
 
 def _renumbered(spec: ColumnSpec, metric: int) -> ColumnSpec:

@@ -43,8 +43,8 @@ from ..metrics import AnswerBudget
 from ..routes import Job
 from ..stores import ObjectStore
 from ..stores.s3 import content_disposition
-from .answers import Schema, to_frame
-from .combine import combine, fields_read
+from .answers import Schema, schema, to_frame
+from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
@@ -281,13 +281,13 @@ def bounded_warnings(warnings: list[str]) -> list[str]:
 
 def _union(plan: ExportPlan, served: list[int]) -> Schema | None:
     """The fields the metric requests ``served`` read from their one shared answer (None: infer)."""
-    union: dict[str, Any] = {}
+    reads: list[tuple[str, str]] = []
     for m in served:
-        fields = fields_read(plan, m)
-        if fields is None:
+        own = plan.metrics[m].reads
+        if own is None:
             return None
-        union.update(fields)
-    return union
+        reads += own
+    return schema(reads)
 
 
 def _owner(metric: MetricPlan, found: dict[str, dict[str, Any]]) -> str:
