@@ -1,0 +1,48 @@
+"""The writer alone: formula safety cell by cell, mixed columns, dialects, gzip."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+
+import polars as pl
+
+from csvgen.csvexport.answers import TEXT_MARK
+from csvgen.csvexport.csvwrite import write_csv
+from csvgen.csvexport.dialects import DIALECTS
+
+
+def written(
+    table: pl.DataFrame, dialect: str = "default", **kw: bool
+) -> tuple[bytes, tuple[int, ...]]:
+    out = io.BytesIO()
+    result = write_csv(["=h", "b"], table, out, dialect=DIALECTS[dialect], **kw)
+    assert result.size == len(out.getvalue())
+    assert result.sha256 == hashlib.sha256(out.getvalue()).hexdigest()
+    return out.getvalue(), result.mixed
+
+
+def test_text_that_looks_like_a_formula_is_escaped_numbers_never() -> None:
+    table = pl.DataFrame({"c0": ["-x", "@y", "ok"], "c1": [-5.0, 1.5, None]})
+    data, mixed = written(table)
+    assert data == b"'=h,b\r\n'-x,-5\r\n'@y,1.5\r\nok,\r\n"
+    assert mixed == ()
+
+
+def test_a_mixed_column_keeps_numbers_and_escapes_text() -> None:
+    cells = ["-5", TEXT_MARK + "-x", "-12.5", TEXT_MARK + "", None]
+    table = pl.DataFrame({"c0": ["a"] * 5, "c1": cells})
+    data, mixed = written(table)
+    assert data == b"'=h,b\r\na,-5\r\na,'-x\r\na,-12.5\r\na,\r\na,\r\n"
+    assert mixed == (1,)
+    data, _ = written(table, "excel-eu")
+    assert data.split(b"\r\n")[3] == b"a;-12,5"  # the decimal comma of the dialect
+
+
+def test_gzip_is_byte_for_byte_reproducible() -> None:
+    table = pl.DataFrame({"c0": ["a", "b"], "c1": [1.0, 2.0]})
+    first, _ = written(table, compress=True)
+    second, _ = written(table, compress=True)
+    assert first == second
+    assert gzip.decompress(first) == b"'=h,b\r\na,1\r\nb,2\r\n"
