@@ -48,6 +48,8 @@ from .errors import (
     Overloaded,
     ReplyError,
     ShuttingDown,
+    cut,
+    echo,
 )
 from .outbox import Outbox
 from .receipts import MAX_RECEIPTS, Done, MemoryReceipts, Receipts, Seen
@@ -126,7 +128,7 @@ class Dispatcher:
 
     def _accept(self, action: frames.Action) -> None:
         if not action.route.startswith(ROUTE_PREFIX):
-            logger.debug("ignored action for route %r", action.route)
+            logger.debug("ignored action for route %s", echo(action.route))
             return
         route = self.router.resolve(action.route)
         fp = frames.fingerprint(action.route, action.body)
@@ -225,7 +227,7 @@ class Dispatcher:
         logger.info(
             "request id=%s route=%s outcome=%s duration=%.3fs%s",
             rid,
-            route,
+            cut(route),  # a route is any text the request sent: a log line stays short
             outcome,
             seconds,
             f" {summary}" if summary else "",

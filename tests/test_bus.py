@@ -367,3 +367,17 @@ async def test_refused_handshakes_are_retried_with_backoff(
         await bus.stop()
     assert len(attempts) == 3
     assert caplog.text.count("connect failed; reconnecting in") == 2
+
+
+async def test_a_huge_route_name_is_answered_and_logged_short(
+    bus: FakeBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 kB route: unknown_route with the name cut, and a log line of normal size."""
+    caplog.set_level(logging.INFO, logger="csvgen")
+    route = "external-service/" + "x" * 500_000
+    async with running_worker(make_settings(bus), Routes().router):
+        await bus.send(encode_action(Action("long", route, {})))
+        rid, payload = await bus.reply()
+    assert rid == "long" and payload["error"]["code"] == "unknown_route"
+    assert len(payload["error"]["message"]) < 250
+    assert max(len(r.getMessage()) for r in caplog.records) < 1000
