@@ -76,6 +76,8 @@ async def stats(info: dict[str, Any]) -> dict[str, Any]:
 
 
 STAGES = re.compile(r"stages id=(\S+) (.*)")
+#: The worker's own time from a hostile frame's arrival to its reply in the outbox.
+HOSTILE_LOG = re.compile(r"request id=hostile-\S+ .*outcome=invalid_request duration=([\d.]+)s")
 
 
 def stages_of(proc: Child, rid: str) -> dict[str, float]:
@@ -267,14 +269,18 @@ async def hostile_case() -> dict[str, Any]:
     )
     seed = request("small")
     result: dict[str, Any] = {"validation": validation_times(seed)}
-    # Bus and Metrics API in two processes: relaying 1 MiB frames must not queue behind
-    # the big answers in the stand-in's own loop, or its delay would count as csvgen's.
+    # Bus, Metrics API and S3 in three processes: relaying 1 MiB frames must not queue
+    # behind the big answers or the big upload in a stand-in's own loop, or its delay
+    # would count as csvgen's.
     bus, bus_info = await replay("small")
     api, api_info = await replay("big", "small")
-    info = {
-        **bus_info,
-        "env": {**bus_info["env"], "CSVGEN_METRICS_URL": api_info["env"]["CSVGEN_METRICS_URL"]},
+    store, store_info = await replay("small")
+    env = {
+        **bus_info["env"],
+        "CSVGEN_METRICS_URL": api_info["env"]["CSVGEN_METRICS_URL"],
+        "AWS_ENDPOINT_URL_S3": store_info["env"]["AWS_ENDPOINT_URL_S3"],
     }
+    info = {**bus_info, "env": env}
     try:
         w = await worker(info)
         idle: list[float] = []
@@ -293,14 +299,20 @@ async def hostile_case() -> dict[str, Any]:
         overlapped = not big.done()
         reply = await big
         with_rss = w.peak_rss()
+        own = sorted(
+            float(m.group(1)) for line in w.lines if (m := HOSTILE_LOG.search(line)) is not None
+        )
         await w.stop(within=90)
     finally:
-        await asyncio.gather(bus.stop(), api.stop())
+        await asyncio.gather(bus.stop(), api.stop(), store.stop())
     invalid.sort()
     result.update(
         invalid_p50=statistics.median(invalid),
         invalid_p99=invalid[int(len(invalid) * 0.99) - 1],
         invalid_max=invalid[-1],
+        worker_p50=statistics.median(own),
+        worker_p99=own[int(len(own) * 0.99) - 1],
+        worker_max=own[-1],
         codes=sorted(set(codes)),
         seed_idle=statistics.median(idle),
         seed_beside=statistics.median(seeds),
@@ -363,6 +375,9 @@ def report_hostile(h: dict[str, Any]) -> None:
     p50, p99, most = (h[k] * 1e3 for k in ("invalid_p50", "invalid_p99", "invalid_max"))
     print(f"  time to invalid_request: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target ≤ 50), "
           f"max {most:.1f} ms; codes {h['codes']}")  # fmt: skip
+    p50, p99, most = (h[k] * 1e3 for k in ("worker_p50", "worker_p99", "worker_max"))
+    print(f"    of which in the worker (receipt to reply): p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+          f"max {most:.1f} ms")  # fmt: skip
     idle, beside = h["seed_idle"] * 1e3, h["seed_beside"] * 1e3
     print(f"  seed request: idle {idle:.1f} ms, beside {beside:.1f} ms "
           f"= {h['seed_ratio']:.2f}× (target ≤ 2)")  # fmt: skip

@@ -103,6 +103,7 @@ class Dispatcher:
     def receive(self, text: str | bytes) -> None:
         """Handle one inbound frame. Never raises: no input stops the worker."""
         logger.debug("frame in: %r (%d chars)", text[:200], len(text))
+        start = time.perf_counter()
         try:
             action = frames.parse_action(
                 text, max_body_bytes=self.max_body_bytes, max_depth=self.max_depth
@@ -111,8 +112,8 @@ class Dispatcher:
             logger.warning("dropped frame: %s (%d chars)", exc.reason, len(text))
             return
         except (InvalidEnvelope, BodyTooLarge) as exc:
-            logger.info("request %s: %s", exc.request_id, exc)
             self._reply(exc.request_id, exc.as_json())
+            self._log(exc.request_id, "-", exc.code, time.perf_counter() - start, cut(str(exc)))
             return
         if action is None:
             logger.debug("ignored frame that is not an external-service action")
@@ -120,8 +121,8 @@ class Dispatcher:
         try:
             self._accept(action)
         except ReplyError as exc:
-            self._log(action.id, action.route, exc.code, 0.0)
             self._reply(action.id, exc.as_json())
+            self._log(action.id, action.route, exc.code, time.perf_counter() - start)
         except Exception:
             logger.exception("request %s: bug while accepting", action.id)
             self._reply(action.id, InternalError().as_json())
@@ -131,25 +132,29 @@ class Dispatcher:
             logger.debug("ignored action for route %s", echo(action.route))
             return
         route = self.router.resolve(action.route)
-        fp = frames.fingerprint(action.route, action.body)
-        seen, done = self.receipts.receive(action.id, fp)
-        if seen is Seen.DUPLICATE:
-            logger.info("request %s: duplicate of a request in flight", action.id)
-            return
-        if seen is Seen.OVERFLOW:
-            logger.warning(
-                "request %s: more than %d receipts in flight; the rest are dropped",
-                action.id,
-                MAX_RECEIPTS,
-            )
-        if seen in (Seen.OVERFLOW, Seen.DROPPED):
-            return
-        if done is not None:
-            self._spawn(self._replay(action, done))
-            return
+        fp = None
+        if self.receipts.known(action.id):
+            fp = frames.fingerprint(action.route, action.body)
+            seen, done = self.receipts.receive(action.id, fp)
+            if seen is Seen.DUPLICATE:
+                logger.info("request %s: duplicate of a request in flight", action.id)
+                return
+            if seen is Seen.OVERFLOW:
+                logger.warning(
+                    "request %s: more than %d receipts in flight; the rest are dropped",
+                    action.id,
+                    MAX_RECEIPTS,
+                )
+            if seen in (Seen.OVERFLOW, Seen.DROPPED):
+                return
+            if done is not None:
+                self._spawn(self._replay(action, done))
+                return
         if self.draining:
             raise ShuttingDown()
+        # A new id is validated before it is fingerprinted: an invalid body costs no hash.
         job = route.prepare(action)  # validates: an invalid request is answered now
+        fp = fp or frames.fingerprint(action.route, action.body)
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise Overloaded(max(0, self._admitted - self.max_concurrent))
         self._admitted += 1

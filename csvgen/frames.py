@@ -285,6 +285,15 @@ class ReplyAssembler:
 
     def feed_raw(self, frame: str | bytes) -> tuple[str, bytes] | None:
         """Take one frame; return ``(id, JSON bytes)`` when its answer is complete."""
+        done = self.feed_parts(frame)
+        return None if done is None else (done[0], b"".join(done[1]))
+
+    def feed_parts(self, frame: str | bytes) -> tuple[str, list[bytes]] | None:
+        """Take one frame; return ``(id, its parts' JSON bytes in order)`` when complete.
+
+        The parts are not joined here: joining a 200 MB answer takes 0.1 s, which a
+        caller on an event loop does better in a worker thread.
+        """
         rid, part, total, body = parse_part(frame)
         if total <= 1:
             if rid in self._pending:
@@ -292,7 +301,7 @@ class ReplyAssembler:
                 raise PartError(f"single-part frame for {rid!r} while its parts were arriving", rid)
             if part > 1:
                 raise PartError(f"part {part} of a single-part answer", rid)
-            return rid, body
+            return rid, [body]
         pending = self._pending.setdefault(rid, _Pending(total))
         try:
             if pending.total != total:
@@ -315,7 +324,7 @@ class ReplyAssembler:
             raise PartError(
                 f"answer {rid!r} has parts {numbers}, expected 0..{total - 1} or 1..{total}", rid
             )
-        return rid, b"".join(pending.parts[n] for n in numbers)
+        return rid, [pending.parts[n] for n in numbers]
 
     def forget(self, rid: str) -> None:
         """Drop the parts received so far for ``rid`` (its request timed out)."""

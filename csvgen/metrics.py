@@ -71,7 +71,7 @@ class MetricsClient:
         self.settings = settings
         self._ids = itertools.count(1)
         self._prefix = f"csvgen-{os.getpid()}"
-        self._waiting: dict[str, tuple[asyncio.Future[bytes], ClientConnection]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[list[bytes]], ClientConnection]] = {}
         self._budgets: dict[str, AnswerBudget] = {}
         self._assembler = frames.ReplyAssembler()
         self._ws: ClientConnection | None = None
@@ -100,14 +100,15 @@ class MetricsClient:
             UpstreamError: an error answer, an answer that is not JSON, or see
                 :meth:`request_raw`.
         """
-        return frames.parse_answer(await self.request_raw(action, route, body))
+        return frames.parse_answer(b"".join(await self.request_raw(action, route, body)))
 
     async def request_raw(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
-    ) -> bytes:
-        """Send one request and return its answer's JSON bytes, unparsed.
+    ) -> list[bytes]:
+        """Send one request and return its answer's JSON text, unparsed, in its parts.
 
-        Big answers are parsed off the event loop by the caller (csvgen.csvexport.answers).
+        Big answers are joined and parsed off the event loop by the caller
+        (csvgen.csvexport.answers).
         Every frame of the answer is counted against ``budget`` as it arrives.
 
         Raises:
@@ -123,7 +124,7 @@ class MetricsClient:
             ws = self._ws
             assert ws is not None
             rid = f"{self._prefix}-{next(self._ids)}"
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
             self._waiting[rid] = (future, ws)
             if budget is not None:
                 self._budgets[rid] = budget
@@ -191,7 +192,7 @@ class MetricsClient:
             self._settle(rid, error=budget.error())
             return
         try:
-            done = self._assembler.feed_raw(data)
+            done = self._assembler.feed_parts(data)
         except PartError as exc:
             self._settle(rid, error=UpstreamError(f"broken answer: {exc}"))
             return
@@ -203,14 +204,16 @@ class MetricsClient:
         if done is not None:
             self._settle(done[0], result=done[1])
 
-    def _settle(self, rid: str, *, result: bytes = b"", error: Exception | None = None) -> None:
+    def _settle(
+        self, rid: str, *, result: list[bytes] | None = None, error: Exception | None = None
+    ) -> None:
         entry = self._waiting.get(rid)
         if entry is None or entry[0].done():
             return
         if error is not None:
             entry[0].set_exception(error)
         else:
-            entry[0].set_result(result)
+            entry[0].set_result(result or [])
 
     def _fail_waiting(self, ws: ClientConnection) -> None:
         for future, sent_on in list(self._waiting.values()):

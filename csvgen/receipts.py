@@ -53,6 +53,10 @@ class _InFlight:
 
 
 class Receipts(Protocol):
+    def known(self, rid: str) -> bool:
+        """Whether ``rid`` is in flight or finished within the window (cheap: no fingerprint)."""
+        ...
+
     def receive(self, rid: str, fingerprint: bytes) -> tuple[Seen, Done | None]:
         """Count one receipt of ``rid``.
 
@@ -83,6 +87,10 @@ class MemoryReceipts:
         self.clock = clock
         self._in_flight: dict[str, _InFlight] = {}
         self._done: collections.OrderedDict[str, Done] = collections.OrderedDict()
+
+    def known(self, rid: str) -> bool:
+        self._expire()
+        return rid in self._in_flight or rid in self._done
 
     def receive(self, rid: str, fingerprint: bytes) -> tuple[Seen, Done | None]:
         self._expire()

@@ -92,3 +92,17 @@ def test_unreadable_answers(data: bytes, message: str) -> None:
     with pytest.raises(UpstreamError) as info:
         to_frame(data, "segments")
     assert info.value.message == message  # csvgen's words only, no parser text
+
+
+@pytest.mark.parametrize(
+    "records",
+    [PLAIN, [{"index": "i", "location": "L},{1", "entries": 1}, {"index": "j", "location": "x"}]],
+    ids=["plain", "cut-in-string"],
+)
+def test_fast_path_over_many_chunks_equals_a_full_parse(records: list[dict[str, Any]]) -> None:
+    """A 7 MB answer is rewritten in 2 MiB chunks: no cut lands inside a record or a string."""
+    copies = 7_000_000 // len(orjson.dumps(records)) + 1
+    data = orjson.dumps({"segments": records * copies, "meta": {}})
+    assert to_frame(data, "segments").equals(exact(data))
+    fields = {"index": pl.String, "location": pl.String, "entries": pl.Float64}
+    assert to_frame(data, "segments", fields).height == len(records) * copies

@@ -62,4 +62,4 @@ async def test_the_answer_budget_is_counted_frame_by_frame(metrics: FakeMetrics)
         with pytest.raises(TooLarge):
             await client.request_raw("metric", "big", {}, budget)
         assert budget.used > budget.limit
-        assert await client.request_raw("metric", "big", {}, AnswerBudget(10**6))
+        assert b"".join(await client.request_raw("metric", "big", {}, AnswerBudget(10**6)))

@@ -66,3 +66,16 @@ def test_the_oldest_finished_ids_are_forgotten_first() -> None:
         Seen.DONE,
         Seen.DONE,
     ]
+
+
+def test_known_ids_are_those_in_flight_or_remembered() -> None:
+    """The dispatcher asks this before fingerprinting: a new id is validated first."""
+    clock = Clock()
+    receipts = MemoryReceipts(ttl_s=600, clock=clock)
+    assert not receipts.known("r")
+    receipts.admit("r", FP)
+    assert receipts.known("r")
+    receipts.finish("r", Done(FP, {}, None, at=0.0))
+    assert receipts.known("r")
+    clock.now = 600.0
+    assert not receipts.known("r")

@@ -44,14 +44,18 @@ Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
 
 #: Answers up to this size are parsed whole: the fast path only pays off on big ones.
 SMALL_ANSWER_BYTES = 256 * 1024
+#: The fast path rewrites an answer this many bytes at a time (see _ndjson).
+_CHUNK = 2 * 1024 * 1024
 
 
-def to_frame(data: bytes, facet: str, fields: Schema | None = None) -> pl.DataFrame:
+def to_frame(data: bytes | list[bytes], facet: str, fields: Schema | None = None) -> pl.DataFrame:
     """The records of ``facet`` (``segments`` or ``summary``) of one answer.
 
     Raises:
         UpstreamError: the answer is an error answer, has no such array, or cannot be read.
     """
+    if isinstance(data, list):
+        data = b"".join(data)  # here, in the reader's thread: a big join releases the GIL
     if len(data) > SMALL_ANSWER_BYTES:
         frame = _fast(data, facet, fields)
         if frame is not None:
@@ -113,13 +117,34 @@ def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None
         return None
     if not isinstance(rest, dict) or rest.get(facet) != [] or "error" in rest:
         return None
-    lines = data[first : end + 1].replace(b"},{", b"}\n{")
+    lines = _ndjson(data, first, end + 1)
     if fields:
         try:
-            return pl.read_ndjson(io.BytesIO(lines), schema=dict(fields))
+            return pl.read_ndjson(lines, schema=dict(fields))
         except pl.exceptions.PolarsError:
             return None  # a record does not fit the expected types: read it exactly
     try:
-        return pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
+        return pl.read_ndjson(lines, infer_schema_length=None)
     except pl.exceptions.PolarsError:
         return None
+
+
+def _ndjson(data: bytes, start: int, stop: int) -> io.BytesIO:
+    """``data[start:stop]`` with every ``},{`` cut into ``}\n{``, built a chunk at a time.
+
+    ``bytes.replace`` and slicing hold the GIL: done at once on a 200 MB answer they
+    stall the event loop for 0.4 s (measured). In 2 MiB chunks each step takes a few
+    milliseconds and the loop runs in between. A cut never falls inside ``},{``.
+    """
+    out = io.BytesIO()
+    pos = start
+    while pos < stop:
+        cut = data.find(b"},{", min(pos + _CHUNK, stop), stop)
+        end = stop if cut < 0 else cut + 1
+        out.write(data[pos:end].replace(b"},{", b"}\n{"))
+        if cut < 0:
+            break
+        out.write(b"\n")
+        pos = cut + 2
+    out.seek(0)
+    return out

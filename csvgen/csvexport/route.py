@@ -14,6 +14,7 @@ loop keeps serving the bus (pings, other requests) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -43,7 +44,7 @@ from ..metrics import AnswerBudget
 from ..routes import Job
 from ..stores import ObjectStore
 from ..stores.s3 import content_disposition
-from .answers import Schema, schema, to_frame
+from .answers import SMALL_ANSWER_BYTES, Schema, schema, to_frame
 from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
@@ -68,7 +69,7 @@ class MetricsSource(Protocol):
 
     async def request_raw(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
-    ) -> bytes: ...
+    ) -> list[bytes]: ...
 
 
 class CsvExport:
@@ -191,7 +192,10 @@ class CsvExport:
         async def one(metric: MetricPlan, fields: Schema | None) -> pl.DataFrame:
             async with limit:
                 data = await self._metric(metric, budget)
-            async with self._reads:
+            # Big reads take turns (each is memory-hungry); a small one never waits behind
+            # them, so a small export stays quick while a big one is being read.
+            big = sum(map(len, data)) > SMALL_ANSWER_BYTES
+            async with self._reads if big else contextlib.nullcontext():
                 try:
                     return await asyncio.to_thread(to_frame, data, facet, fields)
                 except UpstreamError as exc:
@@ -214,7 +218,7 @@ class CsvExport:
         frames = [task_of[n].result() for n in range(len(plan.metrics))]
         return frames, names, _owner(plan.metrics[0], found)
 
-    async def _metric(self, metric: MetricPlan, budget: AnswerBudget) -> bytes:
+    async def _metric(self, metric: MetricPlan, budget: AnswerBudget) -> list[bytes]:
         timeout = self.settings.metric_timeout_s
         try:
             async with asyncio.timeout(timeout):
