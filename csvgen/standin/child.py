@@ -95,7 +95,14 @@ class Child:
 
     def peak_rss(self) -> int:
         """VmHWM: its peak resident set size so far, in bytes (Linux)."""
+        return self._status_kb("VmHWM") * 1024
+
+    def rss(self) -> int:
+        """VmRSS: its resident set size now, in bytes (Linux)."""
+        return self._status_kb("VmRSS") * 1024
+
+    def _status_kb(self, field: str) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        match = re.search(rf"{field}:\s+(\d+) kB", status)
         assert match is not None
-        return int(match.group(1)) * 1024
+        return int(match.group(1))
