@@ -41,7 +41,7 @@ from csvgen.frames import (
     parse_action,
 )
 from tests.test_plan import seed
-from tests.test_plan_fuzz import wide
+from tests.test_plan_fuzz import paths, wide
 
 #: Text that stresses JSON escaping and the nesting scan: brackets, quotes, backslashes.
 tricky_text = st.text(alphabet=st.sampled_from('[]{}",:\\ab\n\x00é=-+@'), max_size=12) | st.text()
@@ -71,18 +71,6 @@ def depth(value: Any) -> int:
 @given(json_values)
 def test_nesting_is_the_true_depth(value: Any) -> None:
     assert nesting(orjson.dumps(value), 1000) == depth(value)
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path into a JSON value (dict keys and list indices)."""
-    found = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found += paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found += paths(v, (*prefix, i))
-    return found
 
 
 @st.composite

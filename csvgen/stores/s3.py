@@ -201,24 +201,15 @@ class S3Store:
             raise
 
     async def create(self, key: str, data: bytes, content_type: str) -> str | None:
-        try:
-            answer = await asyncio.to_thread(
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            if _is_precondition_failed(exc):
-                return None
-            raise self._failed("create", exc) from None
-        except BotoCoreError as exc:
-            raise self._failed("create", exc) from None
-        return answer["ETag"]
+        return await self._put_small("create", key, data, content_type, IfNoneMatch="*")
 
     async def replace(self, key: str, data: bytes, content_type: str, etag: str) -> str | None:
+        return await self._put_small("replace", key, data, content_type, IfMatch=etag)
+
+    async def _put_small(
+        self, what: str, key: str, data: bytes, content_type: str, **condition: str
+    ) -> str | None:
+        """A conditional PutObject: the new etag, or None when the condition did not hold."""
         try:
             answer = await asyncio.to_thread(
                 self.client.put_object,
@@ -226,14 +217,14 @@ class S3Store:
                 Key=key,
                 Body=data,
                 ContentType=content_type,
-                IfMatch=etag,
+                **condition,  # type: ignore[arg-type]
             )
         except ClientError as exc:
             if _is_precondition_failed(exc) or _code(exc) in ("NoSuchKey", "404"):
                 return None
-            raise self._failed("replace", exc) from None
+            raise self._failed(what, exc) from None
         except BotoCoreError as exc:
-            raise self._failed("replace", exc) from None
+            raise self._failed(what, exc) from None
         return answer["ETag"]
 
     async def read(self, key: str) -> Versioned | None:
