@@ -25,7 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from bench.cases import fingerprint
-from csvgen.standin.server import AWS_STANDIN_ENV, S3Standin, Standin, _Interleaver
+from csvgen.standin.server import AWS_STANDIN_ENV, Interleaver, S3Standin, Standin
 
 PART_BYTES = 8 * 1024 * 1024
 PING_EVERY_S = 0.1
@@ -67,10 +67,10 @@ class ReplayStandin(Standin):
                 self.rtts.append(time.perf_counter() - sent)
                 await asyncio.sleep(PING_EVERY_S)
 
-    def _from_client(self, ws: ServerConnection, text: str, interleaver: _Interleaver) -> None:
+    def from_client(self, ws: ServerConnection, text: str, interleaver: Interleaver) -> None:
         doc = orjson.loads(text)
         if doc.get("action") != "bench-stats":
-            super()._from_client(ws, text, interleaver)
+            super().from_client(ws, text, interleaver)
             return
         stats = {"pings": len(self.rtts), "max_rtt": max(self.rtts, default=0.0)}
         self.rtts.clear()

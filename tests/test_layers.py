@@ -53,3 +53,8 @@ def test_the_check_sees_io_where_there_is_some() -> None:
     """The shells do load the network: the check above could fail."""
     assert loaded("csvgen.bus") == ["asyncio", "websockets"]
     assert "boto3" in loaded("csvgen.stores.s3")
+
+
+def test_the_route_reaches_the_store_through_its_protocol_only() -> None:
+    """The route imports no storage SDK: S3 is wired in app.py, behind ObjectStore."""
+    assert "boto3" not in loaded("csvgen.csvexport.route")

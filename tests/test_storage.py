@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from csvgen.stores.s3 import S3Store, content_disposition
+from csvgen.stores import content_disposition
+from csvgen.stores.s3 import S3Store
 from tests.conftest import S3Server
 from tests.test_export import download
 

@@ -42,8 +42,7 @@ from ..errors import (
 from ..frames import Action, fingerprint
 from ..metrics import AnswerBudget
 from ..routes import Job
-from ..stores import ObjectStore
-from ..stores.s3 import content_disposition
+from ..stores import ObjectStore, content_disposition
 from .answers import SMALL_ANSWER_BYTES, Schema, schema, to_frame
 from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv

@@ -36,7 +36,7 @@ from ..frames import encode_reply, parse_part
 from .api import MetricsAPI
 from .data import DataSet
 
-__all__ = ["Standin", "main"]
+__all__ = ["Interleaver", "Standin", "main"]
 
 logger = logging.getLogger("csvgen.standin")
 
@@ -48,7 +48,7 @@ AWS_STANDIN_ENV = {
 }
 
 
-class _Interleaver:
+class Interleaver:
     """Sends the frames of several answers on one connection, one frame of each in turn.
 
     While an answer to this connection is being computed, nothing is sent: answers
@@ -126,7 +126,7 @@ class Standin:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         path = ws.request.path.split("?")[0]
-        interleaver = _Interleaver(ws)
+        interleaver = Interleaver(ws)
         sender = asyncio.create_task(interleaver.run())
         if path == "/bus":
             self.workers.append(ws)
@@ -138,7 +138,7 @@ class Standin:
                 if path == "/bus":
                     await self._from_worker(ws, text)
                 else:
-                    self._from_client(ws, text, interleaver)
+                    self.from_client(ws, text, interleaver)
         except ConnectionClosed:
             pass
         finally:
@@ -152,7 +152,9 @@ class Standin:
 
     # -- the bus -------------------------------------------------------------------
 
-    def _from_client(self, ws: ServerConnection, text: str, interleaver: _Interleaver) -> None:
+    def from_client(self, ws: ServerConnection, text: str, interleaver: Interleaver) -> None:
+        """A frame from a submitter or a Metrics API client (a hook for subclasses:
+        bench/replay.py answers its own ``bench-stats`` action here)."""
         try:
             doc = orjson.loads(text)
             action, data = doc["action"], doc["data"]
@@ -205,7 +207,7 @@ class Standin:
 
     # -- the Metrics API -------------------------------------------------------------
 
-    async def _answer(self, out: _Interleaver, rid: str, action: str, data: dict[str, Any]) -> None:
+    async def _answer(self, out: Interleaver, rid: str, action: str, data: dict[str, Any]) -> None:
         route, body = data.get("route"), data.get("body")
         try:
             # Computing a large answer takes a while: keep the other connections served.

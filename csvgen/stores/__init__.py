@@ -9,11 +9,12 @@ replace that fails when the object changed since it was read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Protocol
 
-__all__ = ["ObjectStore", "StoredObject", "Versioned"]
+__all__ = ["ObjectStore", "StoredObject", "Versioned", "content_disposition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,10 @@ class ObjectStore(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+
+def content_disposition(name: str, extension: str) -> str:
+    """``attachment; filename="…"`` from a metric request's name, made safe for any client."""
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "", name).strip(" .")
+    stem = re.sub(r"\s+", " ", stem)[:100] or "export"
+    return f'attachment; filename="{stem}{extension}"'

@@ -22,7 +22,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -38,7 +37,7 @@ from . import StoredObject, Versioned
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["S3Store", "content_disposition"]
+__all__ = ["S3Store"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +46,6 @@ PART_SIZE = 16 * 1024 * 1024
 PARALLEL_PARTS = 4
 MAX_SUFFIX = 100
 REMEMBERED_STEMS = 10_000
-
-
-def content_disposition(name: str, extension: str) -> str:
-    """``attachment; filename="…"`` from a metric request's name, made safe for any client."""
-    stem = re.sub(r"[^A-Za-z0-9._ -]+", "", name).strip(" .")
-    stem = re.sub(r"\s+", " ", stem)[:100] or "export"
-    return f'attachment; filename="{stem}{extension}"'
 
 
 class S3Store:
