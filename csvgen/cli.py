@@ -69,7 +69,11 @@ def _run(args: argparse.Namespace) -> int:
     from . import logs, worker
     from .app import build_router
 
-    logs.setup(settings.log_level, secrets=(settings.bus_token, settings.metrics_token))
+    logs.setup(
+        settings.log_level,
+        secrets=(settings.bus_token, settings.metrics_token),
+        fmt=settings.log_format,
+    )
     for warning in unknown_variables(os.environ):
         logger.warning("%s", warning)
     logger.info("starting csvgen worker: %r", settings)

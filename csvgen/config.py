@@ -60,6 +60,7 @@ class Settings:
     reconnect_max_delay_s: float = 60.0
     ping_interval_s: float = 20.0
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -211,6 +212,12 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    if raw not in ("text", "json"):
+        raise ValueError(f"must be text or json, got {raw[:80]!r}")
+    return raw
+
+
 #: Environment variable → (Settings attribute, parser). Also drives `csvgen run`'s flags.
 ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_BUS_URL": ("bus_url", _ws_url),
@@ -238,6 +245,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_RECONNECT_MAX_DELAY_S": ("reconnect_max_delay_s", _seconds),
     "CSVGEN_PING_INTERVAL_S": ("ping_interval_s", _seconds),
     "CSVGEN_LOG_LEVEL": ("log_level", _log_level),
+    "CSVGEN_LOG_FORMAT": ("log_format", _log_format),
 }
 
 #: Variables that are never accepted as command-line flags: argv is visible in `ps`.

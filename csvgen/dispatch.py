@@ -113,7 +113,8 @@ class Dispatcher:
             return
         except (InvalidEnvelope, BodyTooLarge) as exc:
             self._reply(exc.request_id, exc.as_json())
-            self._log(exc.request_id, "-", exc.code, time.perf_counter() - start, cut(str(exc)))
+            elapsed = time.perf_counter() - start
+            self._log(exc.request_id, "-", exc.code, elapsed, {"detail": cut(str(exc))})
             return
         if action is None:
             logger.debug("ignored frame that is not an external-service action")
@@ -185,7 +186,7 @@ class Dispatcher:
         outcome = _code(payload)
         done = Done(fp, payload, route.replay, self.clock()) if outcome == "ok" else None
         self._finish(
-            rid, name, payload, outcome, start, route.summarize(payload) if done else "", done
+            rid, name, payload, outcome, start, route.summarize(payload) if done else None, done
         )
 
     def _finish(
@@ -195,7 +196,7 @@ class Dispatcher:
         payload: Any,
         outcome: str,
         start: float,
-        summary: str = "",
+        summary: dict[str, Any] | None = None,
         done: Done | None = None,
     ) -> None:
         self._admitted -= 1
@@ -228,14 +229,26 @@ class Dispatcher:
         logger.debug("frame out: %s, %d chars", rid, len(text))
         self.outbox.put(text)
 
-    def _log(self, rid: str, route: str, outcome: str, seconds: float, summary: str = "") -> None:
+    def _log(
+        self,
+        rid: str,
+        route: str,
+        outcome: str,
+        seconds: float,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        """The one line per request: as text, and as fields for a JSON log (logs.py)."""
+        route = cut(route)  # a route is any text the request sent: a log line stays short
+        extra = "".join(f" {k}={v}" for k, v in (summary or {}).items())
+        fields = {"id": rid, "route": route, "outcome": outcome, "duration_s": round(seconds, 6)}
         logger.info(
             "request id=%s route=%s outcome=%s duration=%.3fs%s",
             rid,
-            cut(route),  # a route is any text the request sent: a log line stays short
+            route,
             outcome,
             seconds,
-            f" {summary}" if summary else "",
+            extra,
+            extra={"fields": {**fields, **(summary or {})}},
         )
 
     # -- shutdown ----------------------------------------------------------------

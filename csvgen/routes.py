@@ -26,8 +26,8 @@ Job = Callable[[], Awaitable[Any]]
 Prepare = Callable[[Action], Job]
 #: Turns a stored payload into the payload of a repeated answer (e.g. re-signs a URL).
 Replay = Callable[[Any], Awaitable[Any]]
-#: One short ``key=value`` summary of a payload for the per-request log line.
-Summary = Callable[[Any], str]
+#: The fields of a payload worth a place in the per-request log line (``rows``, ``key``…).
+Summary = Callable[[Any], dict[str, Any]]
 
 
 def _later(handle: Handler, action: Action) -> Job:
@@ -38,8 +38,8 @@ async def _same(payload: Any) -> Any:
     return payload
 
 
-def _no_summary(payload: Any) -> str:
-    return ""
+def _no_summary(payload: Any) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True, slots=True)

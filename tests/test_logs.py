@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import pytest
 
-from csvgen.logs import SafeFormatter
+from csvgen.logs import JsonFormatter, SafeFormatter
 
 
 def formatted(msg: str, *args: object, exc: BaseException | None = None) -> str:
@@ -53,3 +54,32 @@ def test_tracebacks_are_indented_and_scrubbed() -> None:
     assert first == "INFO failed"
     assert rest and all(line.startswith("    | ") for line in rest)
     assert "token=***" in text and "abc" not in text
+
+
+def test_json_lines_carry_their_fields_as_keys_and_no_secret() -> None:
+    record = logging.LogRecord(
+        "csvgen.dispatch", logging.INFO, __file__, 1, "request %s", ("r\n1",), None
+    )
+    record.fields = {"id": "r\n1", "outcome": "ok", "rows": 30, "key": "k?token=abc"}
+    line = JsonFormatter(secrets=["s3cr3t-jwt"]).format(record)
+    assert "\n" not in line
+    doc = orjson.loads(line)
+    assert doc["level"] == "INFO" and doc["logger"] == "csvgen.dispatch"
+    assert doc["ts"].endswith("+00:00") and "T" in doc["ts"]
+    assert (doc["msg"], doc["id"], doc["outcome"], doc["rows"]) == (
+        "request r\n1",
+        "r\n1",
+        "ok",
+        30,
+    )
+    assert doc["key"] == "k?token=***"
+
+
+def test_json_tracebacks_are_one_scrubbed_key() -> None:
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
+    try:
+        raise ValueError("at wss://h/ws?token=abc")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    doc = orjson.loads(JsonFormatter().format(record))
+    assert "ValueError: at wss://h/ws?token=***" in doc["exc"]

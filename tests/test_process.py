@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import Any
 
+import orjson
 import pytest
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
@@ -160,3 +161,41 @@ async def test_log_carries_no_token_and_no_forged_line(bus: FakeBus) -> None:
     assert not any(line.startswith("2026-01-01") for line in worker.lines)
     assert "id=r1\\n2026-01-01 00:00:00,000 INFO csvgen: forged" in log
     assert "unknown variable CSVGEN_MAX_ROW is ignored; did you mean CSVGEN_MAX_ROWS?" in log
+
+
+async def test_json_log_lines_all_parse_and_carry_the_export(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """CSVGEN_LOG_FORMAT=json: every line is one JSON object; the export line has its fields."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    env = child_env(
+        CSVGEN_BUS_URL=bus.uri,
+        CSVGEN_BUS_TOKEN=TOKEN,
+        CSVGEN_METRICS_URL=metrics.uri,
+        CSVGEN_LOG_FORMAT="json",
+        AWS_ENDPOINT_URL_S3=s3.endpoint,
+    )
+    worker = await Child("run", env=env).start()
+    try:
+        await bus.send(request("j1"))
+        rid, payload = await bus.reply()
+        assert rid == "j1" and "body" in payload
+        await worker.wait_for_line('"outcome":"ok"')
+        assert await worker.stop() == 0
+    finally:
+        await worker.kill()
+    docs = [orjson.loads(line) for line in worker.lines]  # every line parses
+    assert all({"ts", "level", "logger", "msg"} <= doc.keys() for doc in docs)
+    [export] = [d for d in docs if d.get("outcome") == "ok"]
+    item = payload["body"][0]
+    assert (export["id"], export["route"], export["rows"], export["bytes"], export["key"]) == (
+        "j1",
+        "external-service/csv-generator",
+        item["rowCount"],
+        item["sizeBytes"],
+        item["key"],
+    )
+    assert export["duration_s"] > 0
+    [stages] = [d for d in docs if "stages" in d]
+    assert set(stages["stages"]) == {"fetch", "combine", "write", "upload"}
+    assert TOKEN not in "\n".join(worker.lines)

@@ -141,7 +141,7 @@ class CsvExport:
             )
         url, expires_at = self.storage.presign(stored.key, self.settings.url_expires_s)
         clock.lap("upload")
-        logger.info("stages id=%s %s", rid, clock)
+        logger.info("stages id=%s %s", rid, clock, extra={"fields": clock.fields(rid)})
         return {
             "body": [
                 {
@@ -173,9 +173,9 @@ class CsvExport:
         return {"body": [item]}
 
     @staticmethod
-    def summarize(payload: dict[str, Any]) -> str:
+    def summarize(payload: dict[str, Any]) -> dict[str, Any]:
         item = payload["body"][0]
-        return f"rows={item['rowCount']} bytes={item['sizeBytes']} key={item['key']}"
+        return {"rows": item["rowCount"], "bytes": item["sizeBytes"], "key": item["key"]}
 
     # -- upstream ----------------------------------------------------------------
 
@@ -316,6 +316,10 @@ class _Stages:
 
     def __str__(self) -> str:
         return " ".join(f"{name}={seconds:.3f}s" for name, seconds in self.laps)
+
+    def fields(self, rid: str) -> dict[str, Any]:
+        """For a JSON log line: the id and each stage's seconds."""
+        return {"id": rid, "stages": {name: round(s, 6) for name, s in self.laps}}
 
 
 def _write(plan: ExportPlan, table: pl.DataFrame, f: Any) -> WriteResult:
