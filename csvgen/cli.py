@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import submit
 from .config import ENV, SECRET_ENV, Settings, unknown_variables
 from .errors import ConfigError
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--part-chars", type=int, default=256 * 1024, help="split answers longer than this"
     )
 
+    submit.add_parser(commands)
+
     demo = commands.add_parser("demo", help="stand-in + worker + the seed request, end to end")
     demo.add_argument("--request", metavar="FILE", help="send this request frame (JSON) instead")
     demo.add_argument("--rows", type=int, default=30, help="CSV rows to print at most")
@@ -52,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .standin.server import main as standin_main
 
         return standin_main(args)
+    if args.command == "submit":
+        return submit.main(args)
     if args.command == "demo":
         from .standin.demo import main as demo_main
 

@@ -12,6 +12,7 @@ import copy
 import signal
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -211,3 +212,31 @@ async def test_standin_stops_cleanly_on_ctrl_c() -> None:
     finally:
         await standin.kill()
     assert standin.lines[-1] == "csvgen stand-in: stopped"
+
+
+async def test_csvgen_submit_against_the_stand_in(stack: Stack, tmp_path: Path) -> None:
+    """The line `csvgen standin` prints: `csvgen submit --download` exits 0 with the key; an
+    invalid request exits 1 with its error reply; a file that is no frame exits 2."""
+    printed = next(line for line in stack.standin.lines if "csvgen submit" in line)
+    assert printed.strip() == f"csvgen submit FRAME.json --url {stack.submit_url} --download"
+    await stack.add_worker()
+    good, bad, junk = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "junk.json"
+    good.write_bytes(orjson.dumps({**SEED_REQUEST, "data": {**SEED_REQUEST["data"], "id": "s1"}}))
+    bad_data = {**SEED_REQUEST["data"], "id": "s2", "body": {"csvFormat": {}}}
+    bad.write_bytes(orjson.dumps({**SEED_REQUEST, "data": bad_data}))
+    junk.write_text("[1, 2]")
+    results = {}
+    for frame in (good, bad, junk):
+        child = Child("submit", str(frame), "--url", stack.submit_url, "--download",
+                      env=child_env(), stream="both")  # fmt: skip
+        await child.start()
+        results[frame.name] = (await child.wait(within=60), "\n".join(child.lines))
+    status, out = results["good.json"]
+    assert status == 0, out
+    reply = orjson.loads(out[: out.rindex("}") + 1])
+    assert reply["body"][0]["rowCount"] == 30
+    assert f"downloaded {reply['body'][0]['key']}: " in out and "sha256 matches" in out
+    status, out = results["bad.json"]
+    assert status == 1 and '"code": "invalid_request"' in out
+    status, out = results["junk.json"]
+    assert status == 2 and "not a request frame" in out

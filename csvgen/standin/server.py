@@ -288,6 +288,8 @@ async def serve_standin(args: argparse.Namespace) -> None:
     for key, value in env.items():
         print(f"    export {key}={value}")
     print("    csvgen run")
+    print("  then send a request frame (a JSON file) with:")
+    print(f"    csvgen submit FRAME.json --url {standin.submit_url} --download")
     print("standin-ready " + orjson.dumps({"submit": standin.submit_url, "env": env}).decode())
     sys.stdout.flush()
     try:
