@@ -27,6 +27,7 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from . import telemetry
 from .config import Settings, redact_url
 from .dispatch import Dispatcher
 from .links import connect_options, with_token
@@ -65,8 +66,12 @@ class Bus:
         url = self.settings.bus_url
         shown = redact_url(url)
         options = connect_options(self.settings, url)
+        connections = 0
         async for ws in connect(with_token(url, self.settings.bus_token), **options):
             logger.info("connected to the bus at %s", shown)
+            connections += 1
+            if connections > 1:
+                telemetry.BUS_RECONNECTS.inc()
             self.is_connected = True
             try:
                 if await self._serve(ws, done):

@@ -61,6 +61,8 @@ class Settings:
     ping_interval_s: float = 20.0
     log_level: str = "INFO"
     log_format: str = "text"
+    http_port: int | None = None  # None: no HTTP server; 0: a free port
+    http_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -212,6 +214,12 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _host(raw: str) -> str:
+    if not raw or any(ord(c) < 0x21 or c in "/?#@" for c in raw):
+        raise ValueError(f"must be a host name or address, got {raw[:80]!r}")
+    return raw
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("text", "json"):
         raise ValueError(f"must be text or json, got {raw[:80]!r}")
@@ -246,6 +254,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_PING_INTERVAL_S": ("ping_interval_s", _seconds),
     "CSVGEN_LOG_LEVEL": ("log_level", _log_level),
     "CSVGEN_LOG_FORMAT": ("log_format", _log_format),
+    "CSVGEN_HTTP_PORT": ("http_port", _int_range(0, 65535)),
+    "CSVGEN_HTTP_HOST": ("http_host", _host),
 }
 
 #: Variables that are never accepted as command-line flags: argv is visible in `ps`.

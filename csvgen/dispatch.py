@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import frames
+from . import frames, telemetry
 from .errors import (
     BodyTooLarge,
     ExportTimeout,
@@ -92,6 +92,7 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._admitted = 0  # running + waiting exports
+        self._running = 0
         self.receipts = receipts or MemoryReceipts(ttl_s=dedupe_ttl_s, clock=clock)
 
     @property
@@ -159,6 +160,7 @@ class Dispatcher:
         if self._admitted >= self.max_concurrent + self.max_queued:
             raise Overloaded(max(0, self._admitted - self.max_concurrent))
         self._admitted += 1
+        self._gauges()
         self.receipts.admit(action.id, fp)
         self._spawn(self._export(action.id, action.route, route, job, fp))
 
@@ -174,7 +176,12 @@ class Dispatcher:
         deadline = asyncio.timeout(self.export_timeout_s)
         try:
             async with deadline, self._slots:
-                payload = await _outcome(job, f"request {rid}: bug in the handler of {name}")
+                self._running += 1
+                self._gauges()
+                try:
+                    payload = await _outcome(job, f"request {rid}: bug in the handler of {name}")
+                finally:
+                    self._running -= 1
         except asyncio.CancelledError:
             if self.draining:
                 self._finish(rid, name, ShuttingDown().as_json(), "shutting_down", start)
@@ -200,9 +207,17 @@ class Dispatcher:
         done: Done | None = None,
     ) -> None:
         self._admitted -= 1
+        self._gauges()
         for _ in range(self.receipts.finish(rid, done)):
             self._reply(rid, payload)
-        self._log(rid, name, outcome, self.clock() - start, summary)
+        seconds = self.clock() - start
+        self._log(rid, name, outcome, seconds, summary)
+        label = name if name in self.router else "other"
+        telemetry.EXPORT_SECONDS.labels(label, outcome).observe(seconds)
+
+    def _gauges(self) -> None:
+        telemetry.EXPORTS_RUNNING.set(self._running)
+        telemetry.EXPORTS_QUEUED.set(self._admitted - self._running)
 
     async def _replay(self, action: frames.Action, done: Done) -> None:
         start = self.clock()
@@ -241,6 +256,7 @@ class Dispatcher:
         route = cut(route)  # a route is any text the request sent: a log line stays short
         extra = "".join(f" {k}={v}" for k, v in (summary or {}).items())
         fields = {"id": rid, "route": route, "outcome": outcome, "duration_s": round(seconds, 6)}
+        telemetry.EXPORTS.labels(route if route in self.router else "other", outcome).inc()
         logger.info(
             "request id=%s route=%s outcome=%s duration=%.3fs%s",
             rid,

@@ -31,7 +31,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import frames
+from . import frames, telemetry
 from .config import Settings, redact_url
 from .errors import PartError, TooLarge, UpstreamError
 from .links import connect_options, with_token
@@ -130,10 +130,20 @@ class MetricsClient:
                 self._budgets[rid] = budget
             try:
                 await ws.send(frames.encode_action(frames.Action(rid, route, body, action=action)))
-                return await future
+                parts = await future
             except (ConnectionClosed, _ConnectionLost):
+                telemetry.METRIC_REQUESTS.labels("lost").inc()
                 logger.warning("metrics link lost during %s (attempt %d)", route, attempt)
                 continue
+            except TooLarge:
+                telemetry.METRIC_REQUESTS.labels("too_large").inc()
+                raise
+            except UpstreamError:
+                telemetry.METRIC_REQUESTS.labels("error").inc()
+                raise
+            else:
+                telemetry.METRIC_REQUESTS.labels("ok").inc()
+                return parts
             finally:
                 self._waiting.pop(rid, None)
                 self._budgets.pop(rid, None)
@@ -177,6 +187,7 @@ class MetricsClient:
     def _on_frame(self, message: str | bytes) -> None:
         """Route one frame to its request. Never raises: a bad frame costs its request only."""
         data = message.encode() if isinstance(message, str) else message
+        telemetry.UPSTREAM_BYTES.inc(len(data))
         cut = data.find(b"|")
         if cut < 0:
             logger.warning("unreadable frame from the metrics API: %.80r", data)

@@ -74,6 +74,9 @@ class Router:
             prepare = functools.partial(_later, handle)
         self._routes[route] = Route(prepare, replay, summarize)
 
+    def __contains__(self, route: object) -> bool:
+        return route in self._routes
+
     def resolve(self, route: str) -> Route:
         """Raises UnknownRoute for a route nobody registered."""
         try:

@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from .bus import Bus
 from .config import Settings
 from .dispatch import Dispatcher
+from .health import HealthServer
 from .outbox import Outbox
 from .routes import Router
 
@@ -44,6 +45,19 @@ async def serve(settings: Settings, router: Router, stop: asyncio.Event) -> None
         stop=stop,
     )
     bus = Bus(settings, dispatcher)
+    health = None
+    if settings.http_port is not None:
+
+        def not_ready() -> str | None:
+            if dispatcher.draining:
+                return "draining"
+            return None if bus.is_connected else "bus disconnected"
+
+        health = HealthServer(settings.http_host, settings.http_port, not_ready)
+        port = await health.start()
+        logger.info(
+            "serving /healthz, /readyz and /metrics on http://%s:%d", settings.http_host, port
+        )
     done = asyncio.Event()
     bus_task = asyncio.create_task(bus.run(done))
     stop_task = asyncio.create_task(stop.wait())
@@ -64,6 +78,8 @@ async def serve(settings: Settings, router: Router, stop: asyncio.Event) -> None
     finally:
         stop_task.cancel()
         bus_task.cancel()
+        if health is not None:
+            await health.stop()
 
 
 @contextlib.asynccontextmanager

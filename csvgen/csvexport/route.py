@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import polars as pl
 
+from .. import telemetry
 from ..config import Settings
 from ..errors import (
     MAX_TEXT_CHARS,
@@ -142,6 +143,10 @@ class CsvExport:
         url, expires_at = self.storage.presign(stored.key, self.settings.url_expires_s)
         clock.lap("upload")
         logger.info("stages id=%s %s", rid, clock, extra={"fields": clock.fields(rid)})
+        for stage, seconds in clock.laps:
+            telemetry.STAGE_SECONDS.labels(stage).observe(seconds)
+        telemetry.ROWS_WRITTEN.inc(table.height)
+        telemetry.BYTES_WRITTEN.inc(written.size)
         return {
             "body": [
                 {

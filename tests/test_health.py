@@ -1,0 +1,115 @@
+"""Operating a real worker process: /healthz, /readyz and /metrics over HTTP (SPEC §10)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import S3Server
+from tests.fakes import FakeBus, FakeMetrics
+from tests.processes import Child, child_env
+from tests.test_export_errors import entries_answer, request
+
+ROUTE = "external-service/csv-generator"
+
+
+async def get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def start(env: dict[str, str]) -> tuple[Child, int]:
+    worker = await Child("run", env=child_env(CSVGEN_HTTP_PORT="0", **env)).start()
+    line = await worker.wait_for_line("serving /healthz, /readyz and /metrics on http://")
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    assert match is not None
+    return worker, int(match.group(1))
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+async def test_probes_and_metrics_of_a_serving_worker(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    worker, port = await start(
+        {
+            "CSVGEN_BUS_URL": bus.uri,
+            "CSVGEN_METRICS_URL": metrics.uri,
+            "AWS_ENDPOINT_URL_S3": s3.endpoint,
+        }
+    )
+    try:
+        assert await get(port, "/healthz") == (200, b'{"status":"ok"}\n')
+        await worker.wait_for_line("connected to the bus")
+        assert await get(port, "/readyz") == (200, b'{"status":"ready"}\n')
+        await bus.send(request("ok-1"))
+        await bus.send(request("bad-1", {"csvFormat": {}}))
+        codes = {(await bus.reply())[0], (await bus.reply())[0]}
+        assert codes == {"ok-1", "bad-1"}
+        status, text = await get(port, "/metrics")
+        assert status == 200
+        got = samples(text)
+        assert got[("csvgen_exports_total", (("outcome", "ok"), ("route", ROUTE)))] == 1
+        invalid = (("outcome", "invalid_request"), ("route", ROUTE))
+        assert got[("csvgen_exports_total", invalid)] == 1
+        assert got[("csvgen_rows_written_total", ())] == 3
+        assert got[("csvgen_metric_requests_total", (("outcome", "ok"),))] == 2  # entries, detail
+        assert got[("csvgen_upstream_received_bytes_total", ())] > 0
+        assert got[("csvgen_exports_running", ())] == 0
+        stages = {k[1] for k in got if k[0] == "csvgen_export_stage_duration_seconds_count"}
+        assert {dict(labels)["stage"] for labels in stages} == {
+            "fetch",
+            "combine",
+            "write",
+            "upload",
+        }
+        assert await get(port, "/nope") == (404, b"not found\n")
+        # Draining: not ready any more, while the held export finishes.
+        metrics.hold.clear()
+        await bus.send(request("held"))
+        await metrics.received.get()
+        worker.proc.send_signal(signal.SIGTERM)
+        await worker.wait_for_line("received SIGTERM: draining")
+        status, body = await get(port, "/readyz")
+        assert (status, orjson.loads(body)) == (503, {"status": "not ready", "reason": "draining"})
+        metrics.hold.set()
+        assert (await bus.reply())[0] == "held"
+        assert await worker.wait() == 0
+    finally:
+        await worker.kill()
+
+
+async def test_not_ready_while_the_bus_refuses_connections() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    worker, port = await start(
+        {"CSVGEN_BUS_URL": f"ws://127.0.0.1:{closed}/bus", "CSVGEN_RECONNECT_MAX_DELAY_S": "0.05"}
+    )
+    try:
+        assert (await get(port, "/healthz"))[0] == 200
+        status, body = await get(port, "/readyz")
+        assert (status, orjson.loads(body)) == (
+            503,
+            {"status": "not ready", "reason": "bus disconnected"},
+        )
+        assert await worker.stop() == 0
+    finally:
+        await worker.kill()
