@@ -6,8 +6,10 @@ loopback and moto's S3 server; every case ends by showing the worker still serve
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -317,3 +319,57 @@ async def test_a_wide_export_of_500_columns(
     lines = download(payload["body"][0]["signedUrl"]).decode().split("\r\n")
     assert lines[1] == "2024-01-01" + ",100" * 499
     assert lines[3] == "2024-01-03" + ",102" * 499
+
+
+class Seen(logging.Handler):
+    """Sets ``event`` when a record's message contains ``fragment``."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.fragment in record.getMessage():
+            self.event.set()
+
+
+async def test_a_reply_never_disagrees_with_the_bucket_when_the_drain_cuts_an_upload(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#13: SIGTERM's drain while an export uploads: either the upload made it within the
+    grace and the reply is that success, or it was cut and the bucket holds nothing."""
+    import boto3
+
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(**_: Any) -> None:
+        reached.set()
+        release.wait(10)
+
+    boto3.setup_default_session()  # the worker's S3 client is made from it
+    assert boto3.DEFAULT_SESSION is not None
+    boto3.DEFAULT_SESSION.events.register("before-send.s3.PutObject", hold)
+    caplog.set_level(logging.INFO, logger="csvgen")
+    draining = Seen("shutting down: 1 exports running")
+    logging.getLogger("csvgen.worker").addHandler(draining)
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    try:
+        async with running_exporter(bus, metrics, shutdown_grace_s=0.001) as stop:
+            await bus.send(request("uploading"))
+            assert await asyncio.to_thread(reached.wait, 10)  # the PutObject is on its way
+            stop.set()  # what SIGTERM does
+            assert await asyncio.to_thread(draining.event.wait, 10)
+            release.set()
+            rid, payload = await bus.reply()
+    finally:
+        release.set()
+        logging.getLogger("csvgen.worker").removeHandler(draining)
+        boto3.DEFAULT_SESSION.events.unregister("before-send.s3.PutObject", hold)
+    objects = s3.client().list_objects_v2(Bucket="aura-exports").get("Contents", [])
+    assert rid == "uploading"
+    if "error" in payload:
+        assert payload["error"]["code"] == "shutting_down"
+        assert objects == []
+    else:
+        assert [o["Key"] for o in objects] == [payload["body"][0]["key"]]
