@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from .config import Settings
 from .csvexport.route import ROUTE, CsvExport
+from .errors import ConfigError
 from .metrics import MetricsClient
 from .routes import Router
 from .stores.s3 import S3Store
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -23,6 +27,7 @@ async def build_router(
     """
     async with MetricsClient(settings) as metrics:
         storage = S3Store(settings.bucket)
+        await check_store(settings, storage)
         export = (
             CsvExport(settings, metrics, storage, now=now)
             if now
@@ -31,3 +36,26 @@ async def build_router(
         router = Router()
         router.add(ROUTE, prepare=export.prepare, replay=export.replay, summarize=export.summarize)
         yield router
+
+
+async def check_store(settings: Settings, storage: S3Store) -> None:
+    """Refuse to start on a store that overwrites on a conditional create (SPEC §9).
+
+    Raises:
+        ConfigError: it does, and ``CSVGEN_UNSAFE_STORE`` is not set.
+    """
+    if settings.unsafe_store:
+        logger.warning(
+            "CSVGEN_UNSAFE_STORE=1: the store is not checked; replicas may overwrite "
+            "each other's files and repeat each other's exports"
+        )
+        return
+    if not await storage.honours_conditional_create(settings.key_prefix):
+        raise ConfigError(
+            [
+                f"the store at bucket {settings.bucket!r} does not refuse a second "
+                "conditional create (If-None-Match: *): replicas could overwrite each "
+                "other's files; use a store that honours conditional writes, or set "
+                "CSVGEN_UNSAFE_STORE=1 to run without that promise"
+            ]
+        )

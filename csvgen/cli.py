@@ -84,6 +84,9 @@ def _run(args: argparse.Namespace) -> int:
     logger.info("starting csvgen worker: %r", settings)
     try:
         return asyncio.run(worker.main(settings, build_router))
+    except ConfigError as exc:  # found at startup: the store's check (app.check_store)
+        print(f"csvgen: {exc}", file=sys.stderr)
+        return 2
     except Exception:
         logger.exception("worker stopped")
         return 1

@@ -63,6 +63,7 @@ class Settings:
     log_format: str = "text"
     http_port: int | None = None  # None: no HTTP server; 0: a free port
     http_host: str = "127.0.0.1"
+    unsafe_store: bool = False  # skip the start check of conditional writes (SPEC §9)
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -214,6 +215,14 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"must be 1 or 0, got {raw[:80]!r}")
+
+
 def _host(raw: str) -> str:
     if not raw or any(ord(c) < 0x21 or c in "/?#@" for c in raw):
         raise ValueError(f"must be a host name or address, got {raw[:80]!r}")
@@ -256,6 +265,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_LOG_FORMAT": ("log_format", _log_format),
     "CSVGEN_HTTP_PORT": ("http_port", _int_range(0, 65535)),
     "CSVGEN_HTTP_HOST": ("http_host", _host),
+    "CSVGEN_UNSAFE_STORE": ("unsafe_store", _flag),
 }
 
 #: Variables that are never accepted as command-line flags: argv is visible in `ps`.

@@ -28,7 +28,7 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Reconnect delays in tests: milliseconds, not seconds (websockets' MS idea).
-FAST = {"reconnect_max_delay_s": 0.02, "shutdown_grace_s": 5.0}
+FAST = {"reconnect_max_delay_s": 0.02, "shutdown_grace_s": 5.0, "unsafe_store": True}
 
 
 def make_settings(bus: FakeBus, **changes: Any) -> Settings:

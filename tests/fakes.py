@@ -239,3 +239,60 @@ class FakeMetrics(LoopbackServer):
             for ws, frames in batch:
                 if n < len(frames):
                     await ws.send(frames[n])
+
+
+class StrippingProxy:
+    """An HTTP proxy on loopback in front of an S3 server that drops the conditional headers
+    (``If-None-Match``, ``If-Match``): a store that silently overwrites, as some do."""
+
+    STRIPPED = (b"if-none-match", b"if-match")
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.server: asyncio.Server | None = None
+        self.endpoint = ""
+        self.stripped = 0
+
+    async def start(self) -> Self:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.endpoint = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request per connection: forwarded without its conditions, answered, closed."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = [
+                line
+                for line in head.split(b"\r\n")[:-2]
+                if line.split(b":", 1)[0].strip().lower() not in (*self.STRIPPED, b"connection")
+            ]
+            self.stripped += sum(
+                line.split(b":", 1)[0].strip().lower() in self.STRIPPED
+                for line in head.split(b"\r\n")
+            )
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in lines
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            body = await reader.readexactly(length)
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]) + body)
+            await up_writer.drain()
+            writer.write(await up_reader.read())  # the upstream closes after its answer
+            up_writer.close()
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()

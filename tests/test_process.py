@@ -13,7 +13,7 @@ from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
 from tests.conftest import S3Server
-from tests.fakes import FakeBus, FakeMetrics
+from tests.fakes import FakeBus, FakeMetrics, StrippingProxy
 from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
 
@@ -61,7 +61,7 @@ async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> 
     """A second SIGINT while draining ends the process at once with status 1."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
     metrics.hold.clear()
-    env = child_env(CSVGEN_BUS_URL=bus.uri, CSVGEN_METRICS_URL=metrics.uri)
+    env = child_env(CSVGEN_BUS_URL=bus.uri, CSVGEN_METRICS_URL=metrics.uri, CSVGEN_UNSAFE_STORE="1")
     worker = await Child("run", env=env).start()
     try:
         await bus.send(request("stuck"))
@@ -144,6 +144,7 @@ async def test_log_carries_no_token_and_no_forged_line(bus: FakeBus) -> None:
             CSVGEN_METRIC_TIMEOUT_S="0.5",
             CSVGEN_RECONNECT_MAX_DELAY_S="0.05",
             CSVGEN_MAX_ROW="5",
+            CSVGEN_UNSAFE_STORE="1",  # no S3 here: nothing to check
         )
         worker = await Child("run", env=env).start()
         try:
@@ -199,3 +200,43 @@ async def test_json_log_lines_all_parse_and_carry_the_export(
     [stages] = [d for d in docs if "stages" in d]
     assert set(stages["stages"]) == {"fetch", "combine", "write", "upload"}
     assert TOKEN not in "\n".join(worker.lines)
+
+
+async def test_a_store_that_overwrites_is_refused_at_start(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """SPEC §9: in front of a store that ignores If-None-Match, the worker exits 2 with one
+    line; with CSVGEN_UNSAFE_STORE=1 it warns and serves."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    proxy = await StrippingProxy(s3.endpoint).start()
+    try:
+        env = child_env(
+            CSVGEN_BUS_URL=bus.uri,
+            CSVGEN_METRICS_URL=metrics.uri,
+            AWS_ENDPOINT_URL_S3=proxy.endpoint,
+        )
+        refused = await Child("run", env=env).start()
+        try:
+            assert await refused.wait() == 2
+        finally:
+            await refused.kill()
+        assert proxy.stripped >= 2  # both probe creates went through without their condition
+        assert refused.lines[-1] == (
+            "csvgen: invalid configuration: the store at bucket 'aura-exports' does not refuse a "
+            "second conditional create (If-None-Match: *): replicas could overwrite each other's "
+            "files; use a store that honours conditional writes, or set CSVGEN_UNSAFE_STORE=1 to "
+            "run without that promise"
+        )
+        unsafe = await Child("run", env={**env, "CSVGEN_UNSAFE_STORE": "1"}).start()
+        try:
+            await bus.send(request("unsafe"))
+            rid, payload = await bus.reply()
+            assert rid == "unsafe" and payload["body"][0]["rowCount"] == 3
+            assert await unsafe.stop() == 0
+        finally:
+            await unsafe.kill()
+        assert any(
+            "CSVGEN_UNSAFE_STORE=1: the store is not checked" in line for line in unsafe.lines
+        )
+    finally:
+        await proxy.stop()

@@ -129,3 +129,8 @@ async def test_conditional_small_objects(s3: S3Server) -> None:
     assert s3.get("exports/.receipts/a.json") == b"three"
     await store.delete("exports/.receipts/a.json")
     assert await store.read("exports/.receipts/a.json") is None
+
+
+async def test_moto_honours_conditional_creates_and_the_probe_is_removed(s3: S3Server) -> None:
+    assert await S3Store("aura-exports").honours_conditional_create("exports") is True
+    assert s3.client().list_objects_v2(Bucket="aura-exports").get("Contents", []) == []

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import logging
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 PARALLEL_PARTS = 4
 MAX_SUFFIX = 100
+#: ``409 ConditionalRequestConflict`` answers retried on the same key, at most.
+MAX_CONFLICTS = 3
 REMEMBERED_STEMS = 10_000
 
 
@@ -127,6 +130,7 @@ class S3Store:
         size: int,
         extra: dict[str, Any],
         abort: threading.Event,
+        conflicts: int = 0,
     ) -> StoredObject:
         if len(self._next_free) > REMEMBERED_STEMS:
             self._next_free.clear()
@@ -145,6 +149,10 @@ class S3Store:
             except ClientError as exc:
                 if _is_precondition_failed(exc):
                     continue
+                if _code(exc) == "ConditionalRequestConflict" and conflicts < MAX_CONFLICTS:
+                    conflicts += 1  # AWS: a racing conditional write; the same key again
+                    self._next_free[stem + extension] = n
+                    return self._put_new(stem, extension, fileobj, size, extra, abort, conflicts)
                 raise
             return StoredObject(self.bucket, key)
         raise StorageFailed(f"no free key for {stem}{extension} in {MAX_SUFFIX} tries")
@@ -238,6 +246,20 @@ class S3Store:
             await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("delete", exc) from None
+
+    async def honours_conditional_create(self, prefix: str) -> bool:
+        """Whether a second ``If-None-Match: *`` create of one key is refused (SPEC §9).
+
+        A probe key under ``prefix`` is created twice, then deleted.
+        """
+        key = f"{prefix}/.csvgen-probe/{uuid.uuid4().hex}"
+        try:
+            await self.create(key, b"probe", "text/plain")
+            second = await self.create(key, b"probe", "text/plain")
+        finally:
+            with contextlib.suppress(StorageFailed):
+                await self.delete(key)
+        return second is None
 
     def _failed(self, what: str, exc: Exception) -> StorageFailed:
         logger.warning("%s in s3://%s failed: %s", what, self.bucket, exc)
