@@ -66,6 +66,7 @@ async def test_seed_example(bus: FakeBus, metrics: FakeMetrics, s3: S3Server) ->
         "sha256": hashlib.sha256(expected).hexdigest(),
         "contentType": "text/csv; charset=utf-8; header=present",
         "warnings": [],
+        "manifestKey": "exports/64a1b2c3d4e5f6a7b8c9d0e2/2024-04-15T10-15-00.csv.manifest.json",
     }
     query = parse_qs(urlsplit(item["signedUrl"]).query)
     assert query["X-Amz-Expires"] == ["600"]

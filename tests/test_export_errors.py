@@ -184,7 +184,8 @@ async def test_same_second_same_owner_gets_new_keys(
     )
     assert keys == [f"{stem}-2.csv", f"{stem}.csv"]
     listed = s3.client().list_objects_v2(Bucket="aura-exports")["Contents"]
-    assert sorted(o["Key"] for o in listed) == keys
+    manifests = [k + ".manifest.json" for k in keys]
+    assert sorted(o["Key"] for o in listed) == sorted(keys + manifests)
 
 
 async def test_repeat_of_a_finished_id_is_resigned_not_rerun(

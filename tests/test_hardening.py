@@ -372,4 +372,5 @@ async def test_a_reply_never_disagrees_with_the_bucket_when_the_drain_cuts_an_up
         assert payload["error"]["code"] == "shutting_down"
         assert objects == []
     else:
-        assert [o["Key"] for o in objects] == [payload["body"][0]["key"]]
+        key = payload["body"][0]["key"]
+        assert [o["Key"] for o in objects] == [key, key + ".manifest.json"]

@@ -51,6 +51,7 @@ class WriteResult:
     size: int
     sha256: str
     mixed: tuple[int, ...] = ()
+    escaped: int = 0  # cells (headings included) written with a leading ' (formula safety)
 
 
 class _HashingSink:
@@ -103,7 +104,8 @@ def write_csv(
     )
     header = dialect.separator.join(heading(h, dialect.separator) for h in headings) + "\r\n"
     out.write((BOM if dialect.bom else b"") + header.encode())
-    table, mixed = _safe(table, dialect.decimal_comma)
+    table, mixed, escaped = _safe(table, dialect.decimal_comma)
+    escaped += sum(h.startswith(FORMULA_STARTS) for h in headings)
     if table.height:
         table.write_csv(
             out,
@@ -117,14 +119,15 @@ def write_csv(
         )
     if compress:
         out.close()  # writes the gzip trailer; the sink stays open
-    return WriteResult(hashing.size, hashing.hash.hexdigest(), mixed)
+    return WriteResult(hashing.size, hashing.hash.hexdigest(), mixed, escaped)
 
 
-def _safe(table: pl.DataFrame, decimal_comma: bool) -> tuple[pl.DataFrame, tuple[int, ...]]:
-    """Formula safety for every text column; the indices of the columns that mixed types."""
+def _safe(table: pl.DataFrame, decimal_comma: bool) -> tuple[pl.DataFrame, tuple[int, ...], int]:
+    """Formula safety for every text column: the safe table, the indices of the columns
+    that mixed types, and how many cells were escaped."""
     text = [n for n, dtype in enumerate(table.dtypes) if dtype == pl.String]
     if not text:
-        return table, ()
+        return table, (), 0
     names = [table.columns[n] for n in text]
     marked = table.select(pl.col(c).str.starts_with(TEXT_MARK).any() for c in names).row(0)
     mixed = tuple(n for n, is_mixed in zip(text, marked, strict=True) if is_mixed)
@@ -132,7 +135,14 @@ def _safe(table: pl.DataFrame, decimal_comma: bool) -> tuple[pl.DataFrame, tuple
         _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)
         for c, is_mixed in zip(names, marked, strict=True)
     )
-    return safe, mixed
+    counts = table.select(
+        _formula(pl.col(c).str.slice(len(TEXT_MARK)) if is_mixed else pl.col(c))
+        .and_(pl.col(c).str.starts_with(TEXT_MARK) if is_mixed else pl.lit(True))
+        .sum()
+        .alias(c)
+        for c, is_mixed in zip(names, marked, strict=True)
+    ).row(0)
+    return safe, mixed, int(sum(n or 0 for n in counts))
 
 
 def _mixed_safe(name: str, decimal_comma: bool) -> pl.Expr:
@@ -148,7 +158,11 @@ def _mixed_safe(name: str, decimal_comma: bool) -> pl.Expr:
     )
 
 
+def _formula(col: pl.Expr) -> pl.Expr:
+    """Whether text would be run as a formula by a spreadsheet."""
+    return pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
+
+
 def _safe_text(col: pl.Expr) -> pl.Expr:
     """Text a spreadsheet would run as a formula gets a leading quote."""
-    formula = pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
-    return pl.when(formula).then(pl.lit("'") + col).otherwise(col)
+    return pl.when(_formula(col)).then(pl.lit("'") + col).otherwise(col)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import orjson
 import polars as pl
 
 from .. import telemetry
@@ -34,6 +35,7 @@ from ..errors import (
     MetricFailed,
     MetricTimeout,
     ReplyError,
+    StorageFailed,
     TooLarge,
     UpstreamError,
     bounded,
@@ -48,6 +50,7 @@ from .answers import SMALL_ANSWER_BYTES, Schema, schema, to_frame
 from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
+from .manifest import MANIFEST_SUFFIX, column_types, manifest
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
 from .references import ReferenceCache
 
@@ -104,9 +107,10 @@ class CsvExport:
                 f"the export could have up to {bound} rows; the limit is {self.settings.max_rows}"
                 " (ask for fewer days, entities or breakdowns, or split the export)"
             )
-        return functools.partial(self.run, action.id, plan)
+        fp = fingerprint(action.route, action.body)  # for the manifest
+        return functools.partial(self.run, action.id, plan, fp)
 
-    async def run(self, rid: str, plan: ExportPlan) -> dict[str, Any]:
+    async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
         answers, names, owner = await self._gather(plan)
@@ -141,33 +145,54 @@ class CsvExport:
                 },
             )
         url, expires_at = self.storage.presign(stored.key, self.settings.url_expires_s)
+        item = {
+            "bucket": stored.bucket,
+            "key": stored.key,
+            "signedUrl": url,
+            "expiresAt": expires_at,
+            "rowCount": table.height,
+            "sizeBytes": written.size,
+            "sha256": written.sha256,
+            "contentType": content_type,
+            "warnings": bounded_warnings(
+                [
+                    *plan.warnings,
+                    *(_mixed_warning(plan.columns[n].heading) for n in written.mixed),
+                    *spreadsheet_warnings(plan.dialect, table.height),
+                ]
+            ),
+            "manifestKey": stored.key + MANIFEST_SUFFIX,
+        }
+        document = manifest(
+            rid=rid,
+            request_fingerprint=fp,
+            plan=plan,
+            item=item,
+            types=column_types(plan, table),
+            escaped=written.escaped,
+            generated_at=started,
+        )
+        await self._store_manifest(stored.key, document)
         clock.lap("upload")
         logger.info("stages id=%s %s", rid, clock, extra={"fields": clock.fields(rid)})
         for stage, seconds in clock.laps:
             telemetry.STAGE_SECONDS.labels(stage).observe(seconds)
         telemetry.ROWS_WRITTEN.inc(table.height)
         telemetry.BYTES_WRITTEN.inc(written.size)
-        return {
-            "body": [
-                {
-                    "bucket": stored.bucket,
-                    "key": stored.key,
-                    "signedUrl": url,
-                    "expiresAt": expires_at,
-                    "rowCount": table.height,
-                    "sizeBytes": written.size,
-                    "sha256": written.sha256,
-                    "contentType": content_type,
-                    "warnings": bounded_warnings(
-                        [
-                            *plan.warnings,
-                            *(_mixed_warning(plan.columns[n].heading) for n in written.mixed),
-                            *spreadsheet_warnings(plan.dialect, table.height),
-                        ]
-                    ),
-                }
-            ]
-        }
+        return {"body": [item]}
+
+    async def _store_manifest(self, key: str, document: dict[str, Any]) -> None:
+        """Write ``{key}.manifest.json``; cancelled or failed, the export goes too: a reply
+        never names an object without its manifest, or an object it did not keep."""
+        data = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        try:
+            created = await self.storage.create(key + MANIFEST_SUFFIX, data, "application/json")
+            if created is None:
+                raise StorageFailed(f"the manifest of {key!r} already exists")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.storage.delete(key))
+            raise
 
     async def replay(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A repeated request: the same object, with a freshly signed URL."""
