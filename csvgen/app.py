@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from .config import Settings
+from .csvexport.link import LINK_ROUTE, ExportLinks
 from .csvexport.route import ROUTE, CsvExport
 from .errors import ConfigError
 from .metrics import MetricsClient
@@ -35,6 +36,8 @@ async def build_router(
         )
         router = Router()
         router.add(ROUTE, prepare=export.prepare, replay=export.replay, summarize=export.summarize)
+        links = ExportLinks(settings, storage)
+        router.add(LINK_ROUTE, prepare=links.prepare)
         yield router
 
 

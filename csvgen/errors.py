@@ -12,6 +12,7 @@ The tree, drawn like websockets' ``exceptions.py``::
         │   ├── InvalidRequest   invalid_request 400, with details (JSON path, message)
         │   │   └── InvalidEnvelope  the frame's envelope is wrong but its id is usable
         │   ├── UnknownRoute     unknown_route 404
+        │   ├── NotFound         not_found 404
         │   └── TooLarge         too_large 413
         │       └── BodyTooLarge the frame's body is over the limit; refused unread
         └── ServiceError         our side or a dependency's
@@ -56,6 +57,7 @@ __all__ = [
     "InvalidRequest",
     "MetricFailed",
     "MetricTimeout",
+    "NotFound",
     "Overloaded",
     "PartError",
     "ReplyError",
@@ -233,6 +235,11 @@ class UnknownRoute(RequestError):
     def __init__(self, route: str) -> None:
         self.route = route
         super().__init__(f"unknown route: {echo(route)}")
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    status = 404
 
 
 class TooLarge(RequestError):

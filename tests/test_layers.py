@@ -23,6 +23,8 @@ PURE = [
     "csvgen.csvexport.combine",
     "csvgen.csvexport.csvwrite",
     "csvgen.csvexport.references",
+    "csvgen.csvexport.manifest",
+    "csvgen.csvexport.link",
 ]
 IO_MODULES = ("websockets", "boto3", "botocore", "s3transfer", "asyncio")
 

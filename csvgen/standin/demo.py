@@ -100,11 +100,51 @@ async def demo(frame: dict[str, Any], rows: int) -> int:
             print("  " + line)
         if len(lines) > rows + 1:
             print(f"  … {len(lines) - rows - 1} more")
+        await show_manifest_and_link(info, item)
         return 0
     finally:
         if worker is not None:
             await worker.stop(signal.SIGTERM)
         await standin.stop(signal.SIGINT)
+
+
+async def show_manifest_and_link(info: dict[str, Any], item: dict[str, Any]) -> None:
+    """A link re-issued for the export by the link route, and the manifest beside it."""
+    again = {
+        "action": "external-service",
+        "data": {
+            "id": f"link-{int(time.time())}",
+            "route": "external-service/csv-generator/link",
+            "body": {"key": item["key"], "expiresIn": 3600},
+        },
+    }
+    reply = await submit(info["submit"], again)
+    if "body" not in reply:
+        print("\nthe link route answered: " + json.dumps(reply))
+        return
+    fresh = reply["body"][0]
+    print(f"\nre-issued link for {fresh['key']}: expires {fresh['expiresAt']} (asked: 3600 s)")
+    print(f"manifest {item['manifestKey']}, its columns:")
+    data = await asyncio.to_thread(_read_object, info["env"], item["bucket"], item["manifestKey"])
+    for column in orjson.loads(data)["columns"]:
+        binding = column.get("dimension") or f"{column['metricId']}.{column['fetchValue']}"
+        print(f"  {column['index']}: {column['heading']!r} {column['kind']} {binding}, "
+              f"{column['type']}, {column['emptyCells']} empty")  # fmt: skip
+
+
+def _read_object(env: dict[str, str], bucket: str, key: str) -> bytes:
+    """One object of the stand-in's S3, read with the worker's own settings."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return data
 
 
 def main(args: argparse.Namespace) -> int:

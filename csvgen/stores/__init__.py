@@ -53,6 +53,10 @@ class ObjectStore(Protocol):
         """A signed GET URL for ``key`` and when it expires (ISO 8601, UTC)."""
         ...
 
+    def credentials_expiry(self) -> datetime | None:
+        """When the signing credentials expire, for temporary ones; else None."""
+        ...
+
     async def create(self, key: str, data: bytes, content_type: str) -> str | None:
         """Create a small object; its etag, or None when ``key`` already exists."""
         ...

@@ -265,6 +265,13 @@ class S3Store:
         logger.warning("%s in s3://%s failed: %s", what, self.bucket, exc)
         return StorageFailed(f"{what} in bucket {self.bucket!r} failed: {_code(exc)}")
 
+    def credentials_expiry(self) -> datetime | None:
+        """When the signing credentials expire (temporary ones, as STS gives), else None."""
+        credentials = getattr(self.client, "_request_signer", None)
+        credentials = getattr(credentials, "_credentials", None)
+        expiry = getattr(credentials, "_expiry_time", None)  # botocore's RefreshableCredentials
+        return expiry if isinstance(expiry, datetime) else None
+
     def presign(self, key: str, expires_s: int, now: datetime | None = None) -> tuple[str, str]:
         """A presigned GET URL for ``key`` and when it expires (ISO 8601, UTC, ``Z``)."""
         now = now or datetime.now(UTC)

@@ -1,0 +1,62 @@
+"""`external-service/csv-generator/link`: a fresh URL for an export, from its manifest only."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from csvgen.frames import Action, encode_action
+from tests.conftest import S3Server, running_exporter
+from tests.fakes import FakeBus, FakeMetrics
+from tests.test_export import download
+from tests.test_export_errors import entries_answer, request
+
+LINK = "external-service/csv-generator/link"
+
+
+def link(rid: str, body: dict[str, Any]) -> str:
+    return encode_action(Action(rid, LINK, body))
+
+
+async def test_a_link_is_re_issued_for_an_export_and_for_nothing_else(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    s3.client().put_object(Bucket="aura-exports", Key="exports/other/secret.csv", Body=b"no")
+    async with running_exporter(bus, metrics):
+        await bus.send(request("first"))
+        _, first = await bus.reply()
+        [item] = first["body"]
+        asked = len(metrics.requests)
+        await bus.send(link("again", {"key": item["key"], "expiresIn": 120}))
+        _, again = await bus.reply()
+        await bus.send(link("long", {"key": item["key"], "expiresIn": 10**7}))
+        _, long = await bus.reply()
+        refused = {}
+        for rid, key in [
+            ("no-manifest", "exports/other/secret.csv"),
+            ("outside", "elsewhere/x.csv"),
+            ("the-manifest", item["manifestKey"]),
+            ("climbing", "exports/../exports/x.csv"),
+        ]:
+            await bus.send(link(rid, {"key": key}))
+            got, payload = await bus.reply()
+            refused[got] = payload["error"]
+        await bus.send(link("bad", {"key": 7, "expiresIn": "soon"}))
+        _, bad = await bus.reply()
+    [fresh] = again["body"]
+    assert len(metrics.requests) == asked  # nothing recomputed
+    assert {k: v for k, v in fresh.items() if k not in ("signedUrl", "expiresAt")} == {
+        k: v for k, v in item.items() if k not in ("signedUrl", "expiresAt")
+    }
+    assert parse_qs(urlsplit(fresh["signedUrl"]).query)["X-Amz-Expires"] == ["120"]
+    assert download(fresh["signedUrl"]) == download(item["signedUrl"])
+    [clamped] = long["body"]
+    assert parse_qs(urlsplit(clamped["signedUrl"]).query)["X-Amz-Expires"] == ["604800"]
+    assert clamped["warnings"] == [
+        "expiresIn 10000000 is over the 604800 s a signed URL may live; the link lives 604800 s"
+    ]
+    assert {rid: (e["code"], e["status"]) for rid, e in refused.items()} == dict.fromkeys(
+        ["no-manifest", "outside", "the-manifest", "climbing"], ("not_found", 404)
+    )
+    assert [d["path"] for d in bad["error"]["details"]] == ["key", "expiresIn"]
