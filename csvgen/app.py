@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from .config import Settings
+from .csvexport.leases import BucketReceipts
 from .csvexport.link import LINK_ROUTE, ExportLinks
 from .csvexport.route import ROUTE, CsvExport
 from .errors import ConfigError
@@ -29,11 +30,21 @@ async def build_router(
     async with MetricsClient(settings) as metrics:
         storage = S3Store(settings.bucket)
         await check_store(settings, storage)
-        export = (
-            CsvExport(settings, metrics, storage, now=now)
-            if now
-            else CsvExport(settings, metrics, storage)
+        # With an unsafe store there is no cross-replica promise: the memory of this
+        # process is all there is.
+        receipts = (
+            None
+            if settings.unsafe_store
+            else BucketReceipts(
+                storage,
+                settings.key_prefix,
+                lease_s=settings.lease_s,
+                dedupe_ttl_s=settings.dedupe_ttl_s,
+            )
         )
+        export = CsvExport(settings, metrics, storage, receipts=receipts)
+        if now is not None:
+            export.now = now
         router = Router()
         router.add(ROUTE, prepare=export.prepare, replay=export.replay, summarize=export.summarize)
         links = ExportLinks(settings, storage)

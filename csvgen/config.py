@@ -64,6 +64,7 @@ class Settings:
     http_port: int | None = None  # None: no HTTP server; 0: a free port
     http_host: str = "127.0.0.1"
     unsafe_store: bool = False  # skip the start check of conditional writes (SPEC §9)
+    lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -266,6 +267,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_HTTP_PORT": ("http_port", _int_range(0, 65535)),
     "CSVGEN_HTTP_HOST": ("http_host", _host),
     "CSVGEN_UNSAFE_STORE": ("unsafe_store", _flag),
+    "CSVGEN_LEASE_S": ("lease_s", _seconds),
 }
 
 #: Variables that are never accepted as command-line flags: argv is visible in `ps`.

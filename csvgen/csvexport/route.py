@@ -50,6 +50,7 @@ from .answers import SMALL_ANSWER_BYTES, Schema, schema, to_frame
 from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
+from .leases import BucketReceipts, Lease
 from .manifest import MANIFEST_SUFFIX, column_types, manifest
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
 from .references import ReferenceCache
@@ -84,8 +85,10 @@ class CsvExport:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         references: ReferenceCache | None = None,
+        receipts: BucketReceipts | None = None,
     ) -> None:
         self.settings = settings
+        self.receipts = receipts
         self.metrics = metrics
         self.storage = storage
         self.now = now
@@ -111,6 +114,22 @@ class CsvExport:
         return functools.partial(self.run, action.id, plan, fp)
 
     async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
+        """The export, once across replicas when receipts live in the bucket (leases.py)."""
+        if self.receipts is None:
+            return await self._export(rid, plan, fp)
+        got = await self.receipts.acquire(rid, fp)
+        if not isinstance(got, Lease):
+            return await self.replay({"body": [got]})  # done by a replica, or before a restart
+        try:
+            async with self.receipts.held(got):
+                payload = await self._export(rid, plan, fp)
+        except BaseException:
+            await asyncio.shield(self.receipts.release(got))
+            raise
+        await self.receipts.finish(got, payload["body"][0])
+        return payload
+
+    async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
         answers, names, owner = await self._gather(plan)
