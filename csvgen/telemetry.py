@@ -21,6 +21,8 @@ __all__ = [
     "REGISTRY",
     "ROWS_WRITTEN",
     "STAGE_SECONDS",
+    "STORE_REQUESTS",
+    "STORE_SECONDS",
     "UPSTREAM_BYTES",
 ]
 
@@ -74,5 +76,18 @@ METRIC_REQUESTS = Counter(
 UPSTREAM_BYTES = Counter(
     "csvgen_upstream_received_bytes_total",
     "Bytes of answer frames received from the Metrics API.",
+    registry=REGISTRY,
+)
+STORE_REQUESTS = Counter(
+    "csvgen_store_requests_total",
+    "Requests to the object store, by operation (PutObject, GetObject, UploadPart…).",
+    ["operation"],
+    registry=REGISTRY,
+)
+STORE_SECONDS = Histogram(
+    "csvgen_store_request_duration_seconds",
+    "Time spent waiting on the object store, by operation.",
+    ["operation"],
+    buckets=_BUCKETS,
     registry=REGISTRY,
 )

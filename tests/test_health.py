@@ -73,6 +73,10 @@ async def test_probes_and_metrics_of_a_serving_worker(
         assert got[("csvgen_metric_requests_total", (("outcome", "ok"),))] == 2  # entries, detail
         assert got[("csvgen_upstream_received_bytes_total", ())] > 0
         assert got[("csvgen_exports_running", ())] == 0
+        # The store check at start: two creates and a delete of the probe; then the export:
+        # its receipt, the CSV, the manifest and the receipt's update.
+        assert got[("csvgen_store_requests_total", (("operation", "PutObject"),))] == 2 + 4
+        assert got[("csvgen_store_requests_total", (("operation", "DeleteObject"),))] == 1
         stages = {k[1] for k in got if k[0] == "csvgen_export_stage_duration_seconds_count"}
         assert {dict(labels)["stage"] for labels in stages} == {
             "fetch",

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .. import telemetry
 from ..errors import StorageFailed
 from . import StoredObject, Versioned
 
@@ -66,6 +68,7 @@ class S3Store:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self._next_free: dict[str, int] = {}  # key stem → the suffix number to try first
+        self._calls = threading.local()  # when this thread's current S3 call started
         self.client: S3Client = client or boto3.client(
             "s3",
             config=Config(
@@ -75,6 +78,24 @@ class S3Store:
                 read_timeout=60,
             ),
         )
+        self._count_requests()
+
+    def _count_requests(self) -> None:
+        """Count and time every S3 call (telemetry.py), whichever thread makes it."""
+        events = self.client.meta.events
+        events.register("before-call.s3", self._before_call)
+        events.register("after-call.s3", self._after_call)
+        events.register("after-call-error.s3", self._after_call)
+
+    def _before_call(self, **_: Any) -> None:
+        self._calls.started = time.perf_counter()
+
+    def _after_call(self, event_name: str = "", **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        telemetry.STORE_REQUESTS.labels(operation).inc()
+        started = getattr(self._calls, "started", None)
+        if started is not None:
+            telemetry.STORE_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
     async def put_new(
         self,
