@@ -247,7 +247,16 @@ class StrippingProxy:
 
     STRIPPED = (b"if-none-match", b"if-match")
 
-    def __init__(self, upstream: str) -> None:
+    CONFLICT = (
+        b"HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        b'Content-Length: 134\r\n\r\n<?xml version="1.0" encoding="UTF-8"?><Error><Code>'
+        b"ConditionalRequestConflict</Code><Message>A conflicting operation</Message></Error>"
+    )
+
+    def __init__(self, upstream: str, *, strip: bool = True, conflicts: int = 0) -> None:
+        """``conflicts``: answer the first that many PUTs ``409 ConditionalRequestConflict``."""
+        self.strip = strip
+        self.conflicts = conflicts
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.server: asyncio.Server | None = None
@@ -268,12 +277,13 @@ class StrippingProxy:
         """One request per connection: forwarded without its conditions, answered, closed."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            dropped = (*self.STRIPPED, b"connection") if self.strip else (b"connection",)
             lines = [
                 line
                 for line in head.split(b"\r\n")[:-2]
-                if line.split(b":", 1)[0].strip().lower() not in (*self.STRIPPED, b"connection")
+                if line.split(b":", 1)[0].strip().lower() not in dropped
             ]
-            self.stripped += sum(
+            self.stripped += self.strip * sum(
                 line.split(b":", 1)[0].strip().lower() in self.STRIPPED
                 for line in head.split(b"\r\n")
             )
@@ -286,6 +296,11 @@ class StrippingProxy:
                 0,
             )
             body = await reader.readexactly(length)
+            if self.conflicts and head.startswith(b"PUT "):
+                self.conflicts -= 1
+                writer.write(self.CONFLICT)
+                await writer.drain()
+                return
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]) + body)
             await up_writer.drain()
