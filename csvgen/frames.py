@@ -59,6 +59,7 @@ __all__ = [
     "ReplyAssembler",
     "encode_action",
     "encode_reply",
+    "envelope_head",
     "error_message",
     "fingerprint",
     "json_type",
@@ -179,6 +180,21 @@ def parse_action(
     return Action(rid, route, body)
 
 
+def envelope_head(data: bytes) -> dict[str, Any] | None:
+    """The frame's JSON written before ``"body"`` (in its first 64 KiB), completed and
+    read; None when there is no such envelope. It costs nothing for a large body."""
+    found = _BODY_KEY.search(data, 0, _HEAD_BYTES)
+    if found is None:
+        return None
+    with_comma = data[: found.start()].rstrip()
+    prefix = with_comma[:-1] if with_comma.endswith(b",") else with_comma
+    try:
+        head = orjson.loads(prefix + b"}}")
+    except orjson.JSONDecodeError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
 def _refuse_oversized(data: bytes, max_body_bytes: int) -> None:
     """An oversized frame: answer ``too_large`` if the envelope before its body names an id.
 
@@ -187,17 +203,9 @@ def _refuse_oversized(data: bytes, max_body_bytes: int) -> None:
     written in another order cannot be answered without reading it whole, which is
     what this refuses to do: it is dropped like a frame without an id.
     """
-    found = _BODY_KEY.search(data, 0, _HEAD_BYTES)
-    head: Any = None
-    if found is not None:
-        with_comma = data[: found.start()].rstrip()
-        prefix = with_comma[:-1] if with_comma.endswith(b",") else with_comma
-        try:
-            head = orjson.loads(prefix + b"}}")
-        except orjson.JSONDecodeError:
-            head = None
-    envelope = head.get("data") if isinstance(head, dict) else None
-    if not isinstance(head, dict) or not isinstance(envelope, dict):
+    head = envelope_head(data)
+    envelope = head.get("data") if head is not None else None
+    if head is None or not isinstance(envelope, dict):
         raise FrameError(f"oversized frame ({len(data)} bytes) with no envelope before its body")
     if head.get("action") != EXTERNAL_SERVICE:
         return None
