@@ -51,11 +51,17 @@ _CHUNK = 2 * 1024 * 1024
 def to_frame(data: bytes | list[bytes], facet: str, fields: Schema | None = None) -> pl.DataFrame:
     """The records of ``facet`` (``segments`` or ``summary``) of one answer.
 
+    ``data`` is the answer's JSON text, whole or as the list of its parts (which is
+    emptied once joined).
+
     Raises:
         UpstreamError: the answer is an error answer, has no such array, or cannot be read.
     """
     if isinstance(data, list):
-        data = b"".join(data)  # here, in the reader's thread: a big join releases the GIL
+        # Here, in the reader's thread: a big join releases the GIL. The parts are
+        # consumed (the list emptied), so an answer is never held twice.
+        parts, data = data, b"".join(data)
+        parts.clear()
     if len(data) > SMALL_ANSWER_BYTES:
         frame = _fast(data, facet, fields)
         if frame is not None:
