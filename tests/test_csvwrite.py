@@ -33,10 +33,10 @@ def test_text_that_looks_like_a_formula_is_escaped_numbers_never() -> None:
 def test_a_mixed_column_keeps_numbers_and_escapes_text() -> None:
     cells = ["-5", TEXT_MARK + "-x", "-12.5", TEXT_MARK + "", None]
     table = pl.DataFrame({"c0": ["a"] * 5, "c1": cells})
-    data, mixed = written(table)
+    data, mixed = written(table, mixed=(1,))
     assert data == b"'=h,b\r\na,-5\r\na,'-x\r\na,-12.5\r\na,\r\na,\r\n"
     assert mixed == (1,)
-    data, _ = written(table, "excel-eu")
+    data, _ = written(table, "excel-eu", mixed=(1,))
     assert data.split(b"\r\n")[3] == b"a;-12,5"  # the decimal comma of the dialect
 
 
@@ -46,3 +46,12 @@ def test_gzip_is_byte_for_byte_reproducible() -> None:
     second, _ = written(table, compress=True)
     assert first == second
     assert gzip.decompress(first) == b"'=h,b\r\na,1\r\nb,2\r\n"
+
+
+def test_a_mark_in_upstream_text_does_not_make_a_column_mixed() -> None:
+    """Text that starts with the mark itself (upstream can send any character) leaves the
+    column text: every cell of it gets formula safety, none passes as a number."""
+    table = pl.DataFrame({"c0": ["a", "b"], "c1": [TEXT_MARK + "x", "=cmd()"]})
+    data, mixed = written(table)
+    assert data.split(b"\r\n")[2] == b"b,'=cmd()"
+    assert mixed == ()

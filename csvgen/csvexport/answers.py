@@ -17,8 +17,8 @@ with full inference; nothing is ever silently dropped or coerced to null.
 Numbers stay numbers per cell (SPEC §8). A value field whose records mix
 numbers and text (read exactly, through orjson) becomes one text column in
 which each number is its plain decimal text and each text value starts with
-:data:`TEXT_MARK`; combine takes the mark off and applies formula safety to
-those cells only.
+:data:`TEXT_MARK`; the caller learns which fields were mixed (``mixed``), and the
+writer takes the mark off and applies formula safety to those cells only.
 """
 
 from __future__ import annotations
@@ -48,11 +48,18 @@ SMALL_ANSWER_BYTES = 256 * 1024
 _CHUNK = 2 * 1024 * 1024
 
 
-def to_frame(data: bytes | list[bytes], facet: str, fields: Schema | None = None) -> pl.DataFrame:
+def to_frame(
+    data: bytes | list[bytes],
+    facet: str,
+    fields: Schema | None = None,
+    mixed: set[str] | None = None,
+) -> pl.DataFrame:
     """The records of ``facet`` (``segments`` or ``summary``) of one answer.
 
     ``data`` is the answer's JSON text, whole or as the list of its parts (which is
-    emptied once joined).
+    emptied once joined). The names of the value fields that mix numbers and text are
+    added to ``mixed``: the writer must be told which columns they feed, since a mark
+    found in the text itself could have come from upstream.
 
     Raises:
         UpstreamError: the answer is an error answer, has no such array, or cannot be read.
@@ -73,8 +80,8 @@ def to_frame(data: bytes | list[bytes], facet: str, fields: Schema | None = None
     if not all(isinstance(r, dict) for r in records):
         raise UpstreamError(f"a record of the {facet} array is not an object")
     for name, dtype in (fields or {}).items():
-        if dtype == pl.Float64:
-            _mark_mixed(records, name)
+        if dtype == pl.Float64 and _mark_mixed(records, name) and mixed is not None:
+            mixed.add(name)
     try:
         return pl.DataFrame(records, infer_schema_length=None, strict=False)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
@@ -96,17 +103,20 @@ def number_text(value: int | float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _mark_mixed(records: list[dict[str, Any]], name: str) -> None:
-    """A field holding numbers and text: numbers as text, text cells marked (in place)."""
+def _mark_mixed(records: list[dict[str, Any]], name: str) -> bool:
+    """A field holding numbers and text: numbers as text, text cells marked (in place).
+
+    Returns whether the field was mixed."""
     kinds = {type(r.get(name)) for r in records}
     if str not in kinds or not kinds & {int, float}:
-        return
+        return False
     for r in records:
         value = r.get(name)
         if isinstance(value, str):
             r[name] = TEXT_MARK + value
         elif isinstance(value, int | float) and not isinstance(value, bool):
             r[name] = number_text(value)
+    return True
 
 
 def _fast(data: bytes, facet: str, fields: Schema | None) -> pl.DataFrame | None:

@@ -11,15 +11,17 @@ Formula safety (SPEC §4, §8) is the writer's: a text cell (headings included)
 that starts with ``=``, ``+``, ``-``, ``@``, tab or CR is written with a leading
 ``'``; a number never is, cell by cell. A column in which the upstream answer
 mixed numbers and text arrives as text whose text cells carry
-:data:`~csvgen.csvexport.answers.TEXT_MARK`: its numbers are written as numbers
-(with the dialect's decimal separator) and its text cells made safe as text;
-:attr:`WriteResult.mixed` names such columns.
+:data:`~csvgen.csvexport.answers.TEXT_MARK`; the caller names such columns
+(``mixed``, from the reader), never this module from the text, which upstream
+could forge: their numbers are written as numbers (with the dialect's decimal
+separator) and their text cells made safe as text.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -96,15 +98,19 @@ def write_csv(
     *,
     dialect: Dialect = DIALECTS["default"],
     compress: bool = False,
+    mixed: Collection[int] = (),
 ) -> WriteResult:
-    """Write the header and ``table`` to ``sink``; return the size and sha256 of what it got."""
+    """Write the header and ``table`` to ``sink``; return the size and sha256 of what it got.
+
+    ``mixed``: the indices of the columns that mix numbers and marked text (see above).
+    """
     hashing = _HashingSink(sink)
     out: Any = (
         gzip.GzipFile(fileobj=hashing, mode="wb", mtime=0, filename="") if compress else hashing
     )
     header = dialect.separator.join(heading(h, dialect.separator) for h in headings) + "\r\n"
     out.write((BOM if dialect.bom else b"") + header.encode())
-    table, mixed, escaped = _safe(table, dialect.decimal_comma)
+    table, mixed, escaped = _safe(table, dialect.decimal_comma, mixed)
     escaped += sum(h.startswith(FORMULA_STARTS) for h in headings)
     if table.height:
         table.write_csv(
@@ -122,14 +128,16 @@ def write_csv(
     return WriteResult(hashing.size, hashing.hash.hexdigest(), mixed, escaped)
 
 
-def _safe(table: pl.DataFrame, decimal_comma: bool) -> tuple[pl.DataFrame, tuple[int, ...], int]:
-    """Formula safety for every text column: the safe table, the indices of the columns
-    that mixed types, and how many cells were escaped."""
+def _safe(
+    table: pl.DataFrame, decimal_comma: bool, mixed_columns: Collection[int]
+) -> tuple[pl.DataFrame, tuple[int, ...], int]:
+    """Formula safety for every text column: the safe table, the indices of the mixed
+    columns among them, and how many cells were escaped."""
     text = [n for n, dtype in enumerate(table.dtypes) if dtype == pl.String]
     if not text:
         return table, (), 0
     names = [table.columns[n] for n in text]
-    marked = table.select(pl.col(c).str.starts_with(TEXT_MARK).any() for c in names).row(0)
+    marked = [n in mixed_columns for n in text]
     mixed = tuple(n for n, is_mixed in zip(text, marked, strict=True) if is_mixed)
     safe = table.with_columns(
         _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)

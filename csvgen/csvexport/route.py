@@ -52,7 +52,7 @@ from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
 from .leases import BucketReceipts, Lease
 from .manifest import MANIFEST_SUFFIX, column_types, manifest
-from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan
+from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan, value_field
 from .references import ReferenceCache
 
 __all__ = ["ROUTE", "CsvExport", "MetricsSource"]
@@ -132,7 +132,7 @@ class CsvExport:
     async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
-        answers, names, owner = await self._gather(plan)
+        answers, names, owner, mixed = await self._gather(plan)
         clock.lap("fetch")
         table = await asyncio.to_thread(
             combine, plan, answers, names, max_rows=self.settings.max_rows
@@ -144,7 +144,7 @@ class CsvExport:
         content_type = GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
         name = plan.metrics[0].name if plan.metrics else ""
         with tempfile.TemporaryFile(prefix="csvgen-") as f:
-            written = await asyncio.to_thread(_write, plan, table, f)
+            written, types = await asyncio.to_thread(_write, plan, table, f, mixed)
             clock.lap("write")
             if written.size > self.settings.max_bytes:
                 raise TooLarge(
@@ -187,7 +187,7 @@ class CsvExport:
             request_fingerprint=fp,
             plan=plan,
             item=item,
-            types=column_types(plan, table),
+            types=types,
             escaped=written.escaped,
             generated_at=started,
         )
@@ -228,8 +228,13 @@ class CsvExport:
 
     # -- upstream ----------------------------------------------------------------
 
-    async def _gather(self, plan: ExportPlan) -> tuple[list[pl.DataFrame], dict[str, str], str]:
+    async def _gather(
+        self, plan: ExportPlan
+    ) -> tuple[list[pl.DataFrame], dict[str, str], str, set[int]]:
         """Run the metric requests (bounded) and the reference lookup at once.
+
+        Returns the records of each metric request, entity names, the export's owner and
+        the CSV columns whose values mix numbers and text.
 
         Metric requests with the same route and upstream body are sent once.
         """
@@ -237,7 +242,7 @@ class CsvExport:
         facet = "segments" if plan.dated else "summary"
         budget = AnswerBudget(self.settings.max_answer_bytes)
 
-        async def one(metric: MetricPlan, fields: Schema | None) -> pl.DataFrame:
+        async def one(metric: MetricPlan, fields: Schema | None, mixed: set[str]) -> pl.DataFrame:
             async with limit:
                 data = await self._metric(metric, budget)
             # Big reads take turns (each is memory-hungry); a small one never waits behind
@@ -245,26 +250,37 @@ class CsvExport:
             big = sum(map(len, data)) > SMALL_ANSWER_BYTES
             async with self._reads if big else contextlib.nullcontext():
                 try:
-                    return await asyncio.to_thread(to_frame, data, facet, fields)
+                    return await asyncio.to_thread(to_frame, data, facet, fields, mixed)
                 except UpstreamError as exc:
                     raise MetricFailed(metric.metric_id, exc.message) from None
 
         same: dict[bytes, list[int]] = {}  # one upstream request → the metric requests it serves
+        mixed_of: dict[int, set[str]] = {}
         for n, m in enumerate(plan.metrics):
             same.setdefault(fingerprint(m.route, m.body), []).append(n)
         try:
             async with asyncio.TaskGroup() as tg:
                 task_of: dict[int, asyncio.Task[pl.DataFrame]] = {}
                 for served in same.values():
-                    task = tg.create_task(one(plan.metrics[served[0]], _union(plan, served)))
+                    mixed: set[str] = set()  # the reader adds the fields that mix types
+                    first = plan.metrics[served[0]]
+                    task = tg.create_task(one(first, _union(plan, served), mixed))
                     task_of.update(dict.fromkeys(served, task))
+                    mixed_of.update(dict.fromkeys(served, mixed))
                 refs = tg.create_task(self._reference_data(plan))
         except ExceptionGroup as group:
             raise _first(group.exceptions) from None
         found = refs.result()
         names = {eid: str(r["name"]) for eid, r in found.items() if "name" in r}
         frames = [task_of[n].result() for n in range(len(plan.metrics))]
-        return frames, names, _owner(plan.metrics[0], found)
+        mixed_columns = {
+            n
+            for n, c in enumerate(plan.columns)
+            if c.metric is not None
+            and not c.path
+            and value_field(plan.metrics[c.metric], c) in mixed_of[c.metric]
+        }
+        return frames, names, _owner(plan.metrics[0], found), mixed_columns
 
     async def _metric(self, metric: MetricPlan, budget: AnswerBudget) -> list[bytes]:
         timeout = self.settings.metric_timeout_s
@@ -371,11 +387,15 @@ class _Stages:
         return {"id": rid, "stages": {name: round(s, 6) for name, s in self.laps}}
 
 
-def _write(plan: ExportPlan, table: pl.DataFrame, f: Any) -> WriteResult:
+def _write(
+    plan: ExportPlan, table: pl.DataFrame, f: Any, mixed: set[int]
+) -> tuple[WriteResult, list[tuple[str, int]]]:
+    """Write the CSV; with the columns' types for the manifest (both off the event loop)."""
     headings = [c.heading for c in plan.columns]
-    result = write_csv(headings, table, f, dialect=DIALECTS[plan.dialect], compress=plan.gzip)
+    dialect = DIALECTS[plan.dialect]
+    result = write_csv(headings, table, f, dialect=dialect, compress=plan.gzip, mixed=mixed)
     f.flush()
-    return result
+    return result, column_types(plan, table)
 
 
 def _safe(part: str) -> str:
