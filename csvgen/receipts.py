@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from .errors import Detail, InvalidRequest, echo
 
-__all__ = ["MAX_RECEIPTS", "MAX_REMEMBERED", "Done", "MemoryReceipts", "Receipts", "Seen"]
+__all__ = [
+    "MAX_RECEIPTS",
+    "MAX_REMEMBERED",
+    "Done",
+    "MemoryReceipts",
+    "Receipts",
+    "Seen",
+    "reused",
+]
 
 #: Finished requests remembered at most (the oldest go first).
 MAX_REMEMBERED = 100_000
@@ -128,7 +136,12 @@ class MemoryReceipts:
 
 def _check_same(rid: str, seen: bytes, now: bytes) -> None:
     if seen != now:
-        raise InvalidRequest(
-            [Detail("id", f"request id {echo(rid)} was already used with a different body")],
-            message="request id reused with a different body",
-        )
+        raise reused(rid)
+
+
+def reused(rid: str) -> InvalidRequest:
+    """The error for an id already used with another body (this process or the bucket)."""
+    return InvalidRequest(
+        [Detail("id", f"request id {echo(rid)} was already used with a different body")],
+        message="request id reused with a different body",
+    )

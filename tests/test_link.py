@@ -11,7 +11,11 @@ import boto3
 import orjson
 import pytest
 
+from csvgen.config import Settings
+from csvgen.csvexport.link import ExportLinks
+from csvgen.errors import NotFound
 from csvgen.frames import Action, encode_action
+from csvgen.stores.s3 import S3Store
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics
 from tests.test_export import download
@@ -117,3 +121,12 @@ async def test_temporary_credentials_clamp_the_link(
     assert warning.startswith("the signing credentials expire in ")
     ends = datetime.strptime(item["expiresAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert ends <= temporary["Expiration"]
+
+
+async def test_a_broken_manifest_is_not_found_not_internal(s3: S3Server) -> None:
+    key = "exports/o/x.csv"
+    links = ExportLinks(Settings(bus_url="ws://127.0.0.1:1/bus"), S3Store("aura-exports"))
+    for manifest in (b'{"format": "csvgen-manifest/1", "export": "x"}', b"{", b"[1]"):
+        s3.client().put_object(Bucket="aura-exports", Key=key + ".manifest.json", Body=manifest)
+        with pytest.raises(NotFound):
+            await links.run(key, 60)

@@ -33,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import Detail, InvalidRequest, echo
+from ..errors import StorageFailed
+from ..receipts import reused
 from ..stores import ObjectStore
 
 __all__ = ["BucketReceipts", "Lease"]
@@ -51,6 +52,7 @@ class Lease:
     key: str
     etag: str
     fingerprint: str
+    started: float
 
 
 class BucketReceipts:
@@ -79,53 +81,48 @@ class BucketReceipts:
         key, fp = self.key(rid), fingerprint.hex()
         waiting = False
         while True:
-            etag = await self.store.create(key, self._lease(fp), JSON)
+            started = self.clock()
+            etag = await self.store.create(key, self._lease(fp, started), JSON)
             if etag is not None:
-                return Lease(key, etag, fp)
+                return Lease(key, etag, fp, started)
             found = await self.store.read(key)
             if found is None:
                 continue  # deleted between the two calls: create again
-            doc = _loads(found.data)
-            if doc.get("fingerprint") != fp:
-                raise InvalidRequest(
-                    [
-                        Detail(
-                            "id", f"request id {echo(rid)} was already used with a different body"
-                        )
-                    ],
-                    message="request id reused with a different body",
-                )
+            doc = _receipt(found.data)
+            if doc is not None and doc["fingerprint"] != fp:
+                raise reused(rid)
             now = self.clock()
-            if (
-                doc.get("state") == "done"
-                and now - float(doc.get("finishedAt", 0)) < self.dedupe_ttl_s
-            ):
+            if doc is not None and doc["state"] == "done" and now - doc["at"] < self.dedupe_ttl_s:
                 item: dict[str, Any] = doc["item"]
                 return item
-            if doc.get("state") == "running" and float(doc.get("expires", 0)) > now:
+            if doc is not None and doc["state"] == "running" and doc["at"] > now:
                 if not waiting:
-                    logger.info(
-                        "request %s: waiting for %s, which runs it", rid, doc.get("replica")
-                    )
+                    logger.info("request %s: waiting for %s, which runs it", rid, doc["replica"])
                     waiting = True
                 await asyncio.sleep(self.poll_s)  # another replica runs it: wait for its end
                 continue
-            # An expired lease (its replica died) or an old finished receipt: take it over.
-            etag = await self.store.replace(key, self._lease(fp), JSON, found.etag)
+            # An expired lease (its replica died), an old finished receipt, or an object
+            # that is no receipt of csvgen's: take it over.
+            etag = await self.store.replace(key, self._lease(fp, started), JSON, found.etag)
             if etag is not None:
-                logger.warning("request %s: took over the receipt of %s", rid, doc.get("replica"))
-                return Lease(key, etag, fp)
+                holder = doc.get("replica") if doc is not None else "nobody"
+                logger.warning("request %s: took over the receipt of %s", rid, holder)
+                return Lease(key, etag, fp, started)
 
     @contextlib.asynccontextmanager
     async def held(self, lease: Lease) -> AsyncIterator[None]:
-        """Renew ``lease`` every third of its life while the block runs."""
-        renewing = asyncio.create_task(self._renew(lease))
+        """Renew ``lease`` every third of its life while the block runs.
+
+        The renewal is stopped between two writes, never cancelled during one: a write
+        cut short would still land, and the etag ``finish`` needs would be lost.
+        """
+        stop = asyncio.Event()
+        renewing = asyncio.create_task(self._renew(lease, stop))
         try:
             yield
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            stop.set()
+            await asyncio.shield(renewing)
 
     async def finish(self, lease: Lease, item: dict[str, Any]) -> None:
         """The export succeeded: the receipt keeps its object fields (no URL)."""
@@ -145,32 +142,48 @@ class BucketReceipts:
         with contextlib.suppress(Exception):
             await self.store.delete(lease.key)
 
-    async def _renew(self, lease: Lease) -> None:
+    async def _renew(self, lease: Lease, stop: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
-            etag = await self.store.replace(
-                lease.key, self._lease(lease.fingerprint), JSON, lease.etag
-            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_s / 3):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            data = self._lease(lease.fingerprint, lease.started)
+            try:
+                etag = await self.store.replace(lease.key, data, JSON, lease.etag)
+            except StorageFailed:
+                continue  # the store blinked: the next renewal may still be in time
             if etag is None:
                 logger.warning("lost the lease %s to another replica", lease.key)
                 return
             lease.etag = etag
 
-    def _lease(self, fp: str) -> bytes:
-        now = self.clock()
+    def _lease(self, fp: str, started: float) -> bytes:
         doc = {
             "state": "running",
             "fingerprint": fp,
             "replica": REPLICA,
-            "started": now,
-            "expires": now + self.lease_s,
+            "started": started,
+            "expires": self.clock() + self.lease_s,
         }
         return orjson.dumps(doc)
 
 
-def _loads(data: bytes) -> dict[str, Any]:
+def _receipt(data: bytes) -> dict[str, Any] | None:
+    """A receipt's fields (``at``: the lease's expiry, or when it finished), or None when
+    the object is no receipt csvgen wrote: then it is taken over, never trusted."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("fingerprint"), str):
+        return None
+    if doc.get("state") not in ("running", "done"):
+        return None
+    at = doc.get("expires" if doc["state"] == "running" else "finishedAt")
+    if not isinstance(at, int | float) or isinstance(at, bool):
+        return None
+    if doc["state"] == "done" and not isinstance(doc.get("item"), dict):
+        return None
+    return {**doc, "at": float(at), "replica": str(doc.get("replica"))}

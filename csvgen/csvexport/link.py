@@ -28,6 +28,8 @@ __all__ = ["LINK_ROUTE", "ExportLinks"]
 
 LINK_ROUTE = "external-service/csv-generator/link"
 MAX_KEY_CHARS = 1024
+#: The manifest's export fields a link reply carries.
+_FIELDS = ("bucket", "rowCount", "sizeBytes", "sha256", "contentType")
 
 
 class ExportLinks:
@@ -60,10 +62,14 @@ class ExportLinks:
             manifest = orjson.loads(stored.data) if stored is not None else None
         except orjson.JSONDecodeError:
             manifest = None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise _not_found(key)
-        export = manifest.get("export", {})
-        if export.get("key") != key:
+        export = manifest.get("export") if isinstance(manifest, dict) else None
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != FORMAT
+            or not isinstance(export, dict)
+            or export.get("key") != key
+            or not all(k in export for k in _FIELDS)
+        ):
             raise _not_found(key)
         now = datetime.now(UTC)
         lifetime, warnings = asked, []
