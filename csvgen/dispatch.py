@@ -33,9 +33,10 @@ ones get the grace period; the rest are cancelled and answered ``shutting_down``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import frames, telemetry
@@ -179,7 +180,9 @@ class Dispatcher:
                 self._running += 1
                 self._gauges()
                 try:
-                    payload = await _outcome(job, f"request {rid}: bug in the handler of {name}")
+                    payload = await _outcome(
+                        functools.partial(job, fp), f"request {rid}: bug in the handler of {name}"
+                    )
                 finally:
                     self._running -= 1
         except asyncio.CancelledError:
@@ -291,7 +294,7 @@ class Dispatcher:
         return finished, 0
 
 
-async def _outcome(job: Job, bug: str) -> Any:
+async def _outcome(job: Callable[[], Awaitable[Any]], bug: str) -> Any:
     """The job's payload, or the error reply it ends with (``internal`` for a bug)."""
     try:
         return await job()

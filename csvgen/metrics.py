@@ -93,14 +93,16 @@ class MetricsClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def request(self, action: str, route: str, body: dict[str, Any]) -> Any:
+    async def request(
+        self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
+    ) -> Any:
         """Send one request and return its parsed answer (for small answers: detail/list).
 
         Raises:
             UpstreamError: an error answer, an answer that is not JSON, or see
                 :meth:`request_raw`.
         """
-        return frames.parse_answer(b"".join(await self.request_raw(action, route, body)))
+        return frames.parse_answer(b"".join(await self.request_raw(action, route, body, budget)))
 
     async def request_raw(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None

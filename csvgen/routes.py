@@ -20,8 +20,9 @@ __all__ = ["Handler", "Job", "Prepare", "Replay", "Route", "Router"]
 
 #: Serves one action; returns the reply payload or raises a ReplyError.
 Handler = Callable[[Action], Awaitable[Any]]
-#: The work of one admitted request, ready to run when a slot frees.
-Job = Callable[[], Awaitable[Any]]
+#: The work of one admitted request, ready to run when a slot frees; it is given the
+#: request's fingerprint (frames.fingerprint), computed once by the dispatcher.
+Job = Callable[[bytes], Awaitable[Any]]
 #: Validates an action on receipt (raising a ReplyError) and returns its job.
 Prepare = Callable[[Action], Job]
 #: Turns a stored payload into the payload of a repeated answer (e.g. re-signs a URL).
@@ -31,7 +32,10 @@ Summary = Callable[[Any], dict[str, Any]]
 
 
 def _later(handle: Handler, action: Action) -> Job:
-    return functools.partial(handle, action)
+    async def job(fingerprint: bytes) -> Any:
+        return await handle(action)
+
+    return job
 
 
 async def _same(payload: Any) -> Any:

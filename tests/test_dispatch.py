@@ -29,7 +29,7 @@ class Route:
             raise InvalidRequest([Detail("ok", "must be true")])
         return functools.partial(self.run, action.id, action.body["n"])
 
-    async def run(self, rid: str, n: int) -> Any:
+    async def run(self, rid: str, n: int, fingerprint: bytes) -> Any:
         await self.started.put(rid)
         await self.gate.wait()
         return {"body": [{"n": n}]}

@@ -21,7 +21,7 @@ from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, Scripted
 from tests.test_export import download
 from tests.test_export_errors import entries_answer, request
-from tests.test_plan import seed
+from tests.test_plan import L1, seed
 
 
 def raw_frame(rid: str, body_text: str) -> str:
@@ -374,3 +374,17 @@ async def test_a_reply_never_disagrees_with_the_bucket_when_the_drain_cuts_an_up
     else:
         key = payload["body"][0]["key"]
         assert [o["Key"] for o in objects] == [key, key + ".manifest.json"]
+
+
+async def test_entity_lookups_count_against_the_answer_budget(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """The detail/list answer is counted with the metric answers: a huge one is too_large."""
+    body = seed()
+    body["csvFormat"]["columns"].insert(1, {"heading": "Location name"})
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.references = [{"id": L1, "name": "n" * 20_000, "organisation_id": "org1"}]
+    async with running_exporter(bus, metrics, max_answer_bytes=10_000):
+        await bus.send(request("names", body))
+        payload, _ = await reply_text(bus, "names")
+    assert payload["error"]["code"] == "too_large"

@@ -21,7 +21,7 @@ async def test_a_handle_route_runs_its_handler_when_the_job_runs() -> None:
     job = router.resolve("external-service/echo").prepare(
         Action("r", "external-service/echo", {"a": 1})
     )
-    assert await job() == {"body": [{"a": 1}]}
+    assert await job(b"fingerprint") == {"body": [{"a": 1}]}
 
 
 def test_unknown_routes_raise_unknown_route() -> None:

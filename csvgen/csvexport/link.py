@@ -54,7 +54,7 @@ class ExportLinks:
         assert isinstance(key, str)
         return functools.partial(self.run, key, expires or self.settings.url_expires_s)
 
-    async def run(self, key: str, asked: int) -> dict[str, Any]:
+    async def run(self, key: str, asked: int, fingerprint: bytes = b"") -> dict[str, Any]:
         if not self._looks_like_an_export(key):
             raise _not_found(key)
         stored = await self.storage.read(key + MANIFEST_SUFFIX)

@@ -69,7 +69,9 @@ PARALLEL_READS = 2
 
 
 class MetricsSource(Protocol):
-    async def request(self, action: str, route: str, body: dict[str, Any]) -> Any: ...
+    async def request(
+        self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
+    ) -> Any: ...
 
     async def request_raw(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
@@ -110,8 +112,7 @@ class CsvExport:
                 f"the export could have up to {bound} rows; the limit is {self.settings.max_rows}"
                 " (ask for fewer days, entities or breakdowns, or split the export)"
             )
-        fp = fingerprint(action.route, action.body)  # for the manifest
-        return functools.partial(self.run, action.id, plan, fp)
+        return functools.partial(self.run, action.id, plan)
 
     async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
         """The export, once across replicas when receipts live in the bucket (leases.py)."""
@@ -267,7 +268,7 @@ class CsvExport:
                     task = tg.create_task(one(first, _union(plan, served), mixed))
                     task_of.update(dict.fromkeys(served, task))
                     mixed_of.update(dict.fromkeys(served, mixed))
-                refs = tg.create_task(self._reference_data(plan))
+                refs = tg.create_task(self._reference_data(plan, budget))
         except ExceptionGroup as group:
             raise _first(group.exceptions) from None
         found = refs.result()
@@ -292,7 +293,9 @@ class CsvExport:
         except UpstreamError as exc:
             raise MetricFailed(metric.metric_id, exc.message) from None
 
-    async def _reference_data(self, plan: ExportPlan) -> dict[str, dict[str, Any]]:
+    async def _reference_data(
+        self, plan: ExportPlan, budget: AnswerBudget
+    ) -> dict[str, dict[str, Any]]:
         """detail/list records: every entity when the CSV names entities, else the owner's.
 
         A failed lookup fails the export only when names are needed; the owner
@@ -308,7 +311,7 @@ class CsvExport:
         found: dict[str, dict[str, Any]] = {}
         for entity_type, ids in sorted(wanted.items()):
             try:
-                found.update(await self._lookup(entity_type, sorted(ids)))
+                found.update(await self._lookup(entity_type, sorted(ids), budget))
             except (UpstreamError, TimeoutError) as exc:
                 if plan.needs_names:
                     raise MetricFailed("detail/list", str(exc) or "timed out") from None
@@ -317,13 +320,16 @@ class CsvExport:
                 )
         return found
 
-    async def _lookup(self, entity_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def _lookup(
+        self, entity_type: str, ids: Sequence[str], budget: AnswerBudget
+    ) -> dict[str, dict[str, Any]]:
         """Reference data (detail/list) for ``ids``: from the cache, else asked for."""
         found, missing = self.references.get(entity_type, ids)
         if missing:
             body = {"returnEntityType": entity_type, "entities": missing, "entityType": entity_type}
             async with asyncio.timeout(self.settings.metric_timeout_s):
-                answer = await self.metrics.request("detail", "detail/list", body)
+                # Counted like metric answers: an endless detail answer is too_large too.
+                answer = await self.metrics.request("detail", "detail/list", body, budget)
             records = [
                 item
                 for item in (answer if isinstance(answer, list) else ())
