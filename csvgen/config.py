@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     unsafe_store: bool = False  # skip the start check of conditional writes (SPEC §9)
     lease_s: float = 30.0
+    spill_dir: str | None = None  # None: the system's temporary directory
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -230,6 +232,15 @@ def _host(raw: str) -> str:
     return raw
 
 
+def _directory(raw: str) -> str:
+    """An existing directory this process can write in (checked once, at start)."""
+    if not os.path.isdir(raw):
+        raise ValueError(f"must be an existing directory, got {raw[:200]!r}")
+    if not os.access(raw, os.W_OK | os.X_OK):
+        raise ValueError(f"must be a directory csvgen can write in, got {raw[:200]!r}")
+    return raw
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("text", "json"):
         raise ValueError(f"must be text or json, got {raw[:80]!r}")
@@ -258,6 +269,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_MAX_COLUMNS": ("max_columns", _int_range(1)),
     "CSVGEN_MAX_ANSWER_BYTES": ("max_answer_bytes", _int_range(1)),
     "CSVGEN_EXPORT_TIMEOUT_S": ("export_timeout_s", _seconds),
+    "CSVGEN_SPILL_DIR": ("spill_dir", _directory),
     "CSVGEN_MAX_FRAME_BYTES": ("max_frame_bytes", _int_range(1024)),
     "CSVGEN_MAX_METRIC_CONCURRENCY": ("max_metric_concurrency", _int_range(1)),
     "CSVGEN_RECONNECT_MAX_DELAY_S": ("reconnect_max_delay_s", _seconds),

@@ -272,7 +272,10 @@ def parse_part(frame: str | bytes) -> tuple[str, int, int, bytes]:
 @dataclass(slots=True)
 class _Pending:
     total: int
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, bytes] = field(default_factory=dict)  # received, not yet handed out
+    received: int = 0
+    next: int | None = None  # the next part to hand out; None until the numbering is known
+    base: int = 0
 
 
 class ReplyAssembler:
@@ -281,10 +284,16 @@ class ReplyAssembler:
     Parts of different ids may interleave. A duplicate part, a part number out of
     range or a change of ``totalParts`` raises :class:`PartError` and forgets the id,
     so a broken answer fails at once instead of hanging.
+
+    :meth:`feed_stream` hands out each answer's parts in order as soon as they are
+    contiguous, so a reader can start before the answer is complete. The numbering
+    (from 0 or from 1, SPEC §3) is known when part 0 or part ``totalParts`` arrives;
+    until then parts are held.
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
+        self._whole: dict[str, list[bytes]] = {}  # feed_parts: what was handed out so far
 
     def feed(self, frame: str | bytes) -> tuple[str, Any] | None:
         """Take one frame; return ``(id, parsed JSON)`` when its answer is complete."""
@@ -302,44 +311,64 @@ class ReplyAssembler:
         The parts are not joined here: joining a 200 MB answer takes 0.1 s, which a
         caller on an event loop does better in a worker thread.
         """
+        rid, ready, complete = self.feed_stream(frame)
+        if complete:
+            return rid, [*self._whole.pop(rid, ()), *ready]
+        if ready:
+            self._whole.setdefault(rid, []).extend(ready)
+        return None
+
+    def feed_stream(self, frame: str | bytes) -> tuple[str, list[bytes], bool]:
+        """Take one frame; return its id, the parts now ready in order, and whether the
+        answer is complete (every part handed out)."""
         rid, part, total, body = parse_part(frame)
         if total <= 1:
             if rid in self._pending:
-                del self._pending[rid]
+                self.forget(rid)
                 raise PartError(f"single-part frame for {rid!r} while its parts were arriving", rid)
             if part > 1:
                 raise PartError(f"part {part} of a single-part answer", rid)
-            return rid, [body]
+            return rid, [body], True
         pending = self._pending.setdefault(rid, _Pending(total))
         try:
-            if pending.total != total:
-                raise PartError(
-                    f"answer {rid!r} changed totalParts from {pending.total} to {total}", rid
-                )
-            if part > total:
-                raise PartError(f"part {part} out of range for {total} parts", rid)
-            if part in pending.parts:
-                raise PartError(f"duplicate part {part} of answer {rid!r}", rid)
+            _check_part(rid, pending, part, total)
         except PartError:
-            del self._pending[rid]
+            self.forget(rid)
             raise
         pending.parts[part] = body
-        if len(pending.parts) < total:
-            return None
+        pending.received += 1
+        if pending.next is None and (0 in pending.parts or total in pending.parts):
+            pending.base = pending.next = 0 if 0 in pending.parts else 1
+        ready = []
+        while pending.next is not None and pending.next in pending.parts:
+            ready.append(pending.parts.pop(pending.next))
+            pending.next += 1
+        if pending.received < total:
+            return rid, ready, False
         del self._pending[rid]
-        numbers = sorted(pending.parts)
-        if numbers not in (list(range(total)), list(range(1, total + 1))):
-            raise PartError(
-                f"answer {rid!r} has parts {numbers}, expected 0..{total - 1} or 1..{total}", rid
-            )
-        return rid, [pending.parts[n] for n in numbers]
+        return rid, ready, True
 
     def forget(self, rid: str) -> None:
         """Drop the parts received so far for ``rid`` (its request timed out)."""
         self._pending.pop(rid, None)
+        self._whole.pop(rid, None)
 
     def pending_ids(self) -> Iterator[str]:
         return iter(list(self._pending))
+
+
+def _check_part(rid: str, pending: _Pending, part: int, total: int) -> None:
+    """A part that can belong to the answer: same total, in range, not seen before."""
+    if pending.total != total:
+        raise PartError(f"answer {rid!r} changed totalParts from {pending.total} to {total}", rid)
+    if part > total:
+        raise PartError(f"part {part} out of range for {total} parts", rid)
+    handed_out = pending.next is not None and pending.base <= part < pending.next
+    if part in pending.parts or handed_out:
+        raise PartError(f"duplicate part {part} of answer {rid!r}", rid)
+    if pending.next is not None and part in (total, 0) and part != pending.base:
+        first = f"0..{total - 1}" if pending.base == 0 else f"1..{total}"
+        raise PartError(f"answer {rid!r} has part {part}; its parts are numbered {first}", rid)
 
 
 def _loads(rid: str, text: bytes) -> Any:

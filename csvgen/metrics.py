@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -36,7 +36,7 @@ from .config import Settings, redact_url
 from .errors import PartError, TooLarge, UpstreamError
 from .links import connect_options, with_token
 
-__all__ = ["AnswerBudget", "MetricsClient"]
+__all__ = ["AnswerBudget", "AnswerSink", "MetricsClient"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,36 @@ class AnswerBudget:
         )
 
 
+class AnswerSink(Protocol):
+    """Where :meth:`MetricsClient.request_into` hands an answer's parts, in order."""
+
+    def feed(self, part: bytes) -> None:
+        """One more part; called on the event loop, so it must be quick."""
+
+    def restart(self) -> None:
+        """The request is being sent again: forget every part fed so far."""
+
+
+class _Collect:
+    """The sink of :meth:`MetricsClient.request_raw`: the parts, kept."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def feed(self, part: bytes) -> None:
+        self.parts.append(part)
+
+    def restart(self) -> None:
+        self.parts.clear()
+
+
 class MetricsClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ids = itertools.count(1)
         self._prefix = f"csvgen-{os.getpid()}"
-        self._waiting: dict[str, tuple[asyncio.Future[list[bytes]], ClientConnection]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[None], ClientConnection]] = {}
+        self._sinks: dict[str, AnswerSink] = {}
         self._budgets: dict[str, AnswerBudget] = {}
         self._assembler = frames.ReplyAssembler()
         self._ws: ClientConnection | None = None
@@ -109,9 +133,25 @@ class MetricsClient:
     ) -> list[bytes]:
         """Send one request and return its answer's JSON text, unparsed, in its parts.
 
-        Big answers are joined and parsed off the event loop by the caller
-        (csvgen.csvexport.answers).
-        Every frame of the answer is counted against ``budget`` as it arrives.
+        Raises: see :meth:`request_into`.
+        """
+        collect = _Collect()
+        await self.request_into(action, route, body, collect, budget)
+        return collect.parts
+
+    async def request_into(
+        self,
+        action: str,
+        route: str,
+        body: dict[str, Any],
+        sink: AnswerSink,
+        budget: AnswerBudget | None = None,
+    ) -> None:
+        """Send one request; hand its answer's parts to ``sink`` in order as they arrive.
+
+        Returns when the last part has been handed out. Every frame of the answer is
+        counted against ``budget`` as it arrives. If the connection drops, the request
+        is sent again (``sink.restart()`` first).
 
         Raises:
             UpstreamError: a broken multi-part answer, or the connection was lost
@@ -126,13 +166,16 @@ class MetricsClient:
             ws = self._ws
             assert ws is not None
             rid = f"{self._prefix}-{next(self._ids)}"
-            future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if attempt > 1:
+                sink.restart()
             self._waiting[rid] = (future, ws)
+            self._sinks[rid] = sink
             if budget is not None:
                 self._budgets[rid] = budget
             try:
                 await ws.send(frames.encode_action(frames.Action(rid, route, body, action=action)))
-                parts = await future
+                await future
             except (ConnectionClosed, _ConnectionLost):
                 telemetry.METRIC_REQUESTS.labels("lost").inc()
                 logger.warning("metrics link lost during %s (attempt %d)", route, attempt)
@@ -145,9 +188,10 @@ class MetricsClient:
                 raise
             else:
                 telemetry.METRIC_REQUESTS.labels("ok").inc()
-                return parts
+                return
             finally:
                 self._waiting.pop(rid, None)
+                self._sinks.pop(rid, None)
                 self._budgets.pop(rid, None)
                 self._assembler.forget(rid)
         raise UpstreamError(f"the metrics connection was lost {MAX_ATTEMPTS} times")
@@ -205,7 +249,10 @@ class MetricsClient:
             self._settle(rid, error=budget.error())
             return
         try:
-            done = self._assembler.feed_parts(data)
+            rid, ready, complete = self._assembler.feed_stream(data)
+            sink = self._sinks[rid]
+            for part in ready:
+                sink.feed(part)
         except PartError as exc:
             self._settle(rid, error=UpstreamError(f"broken answer: {exc}"))
             return
@@ -214,19 +261,17 @@ class MetricsClient:
             self._assembler.forget(rid)
             self._settle(rid, error=UpstreamError("broken answer"))
             return
-        if done is not None:
-            self._settle(done[0], result=done[1])
+        if complete:
+            self._settle(rid)
 
-    def _settle(
-        self, rid: str, *, result: list[bytes] | None = None, error: Exception | None = None
-    ) -> None:
+    def _settle(self, rid: str, *, error: Exception | None = None) -> None:
         entry = self._waiting.get(rid)
         if entry is None or entry[0].done():
             return
         if error is not None:
             entry[0].set_exception(error)
         else:
-            entry[0].set_result(result or [])
+            entry[0].set_result(None)
 
     def _fail_waiting(self, ws: ClientConnection) -> None:
         for future, sent_on in list(self._waiting.values()):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import orjson
 import polars as pl
 import pytest
 
-from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, to_frame
+from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, AnswerReader, to_frame
 from csvgen.errors import UpstreamError
 
 
@@ -106,3 +108,102 @@ def test_fast_path_over_many_chunks_equals_a_full_parse(records: list[dict[str, 
     assert to_frame(data, "segments").equals(exact(data))
     fields = {"index": pl.String, "location": pl.String, "entries": pl.Float64}
     assert to_frame(data, "segments", fields).height == len(records) * copies
+
+
+# -- reading as the parts arrive (AnswerReader) -------------------------------------------
+
+FIELDS = {"index": pl.String, "location": pl.String, "entries": pl.Float64}
+#: Small thresholds, so that a 2 KB answer takes every path of the streaming reader.
+SMALL, BATCH = 64, 256
+
+
+def streamed(parts: list[bytes], fields: Any = FIELDS, mixed: set[str] | None = None) -> Any:
+    reader = AnswerReader("segments", fields, mixed, small=SMALL, batch=BATCH)
+    try:
+        for part in parts:
+            reader.feed([part])
+        return reader.finish()
+    finally:
+        reader.close()
+
+
+def doc(records: list[dict[str, Any]], copies: int = 12, **extra: Any) -> bytes:
+    return orjson.dumps({"segments": records * copies, "meta": {"units": {}}, **extra})
+
+
+def test_answers_split_at_every_byte_give_the_same_table() -> None:
+    """Records cut across parts anywhere, in two parts or in many, read the same."""
+    data = doc(PLAIN)
+    whole = to_frame(data, "segments", FIELDS)
+    assert whole.height == 24
+    for at in range(len(data) + 1):
+        assert streamed([data[:at], data[at:]]).equals(whole), at
+    for size in range(1, 80):
+        parts = [data[i : i + size] for i in range(0, len(data), size)]
+        assert streamed(parts).equals(whole), size
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        (doc([{"index": "i", "location": "L},{1", "entries": 1}]), FIELDS),  # the cut in a string
+        (doc([{"index": "i", "location": "L1", "entries": {"by": [{"a": 1}, {"a": 2}]}}]), None),
+        (doc([{"index": "i", "location": "L1", "entries": [{"a": 1}, {"a": 2}]}]), FIELDS),
+        (doc(PLAIN, meta={"note": "}]"}), FIELDS),  # the end cannot be found by "}]"
+        (orjson.dumps({"meta": {"n": "x" * 70_000}, "segments": PLAIN * 12}), FIELDS),  # far head
+        (orjson.dumps(orjson.loads(doc(PLAIN)), option=orjson.OPT_INDENT_2), FIELDS),
+        (doc(PLAIN), None),  # no named fields: inferred from the whole answer
+        (doc([]), FIELDS),  # no records
+    ],
+    ids=["cut-in-string", "nested", "array-value", "meta", "head", "pretty", "infer", "empty"],
+)
+def test_streamed_answers_the_fast_path_cannot_trust_are_read_exactly(
+    data: bytes, fields: Any
+) -> None:
+    whole = to_frame(data, "segments", fields)
+    for size in (7, 100, 1000):
+        parts = [data[i : i + size] for i in range(0, len(data), size)]
+        assert streamed(parts, fields).equals(whole), size
+
+
+def test_a_streamed_answer_mixing_numbers_and_text_is_marked_like_a_whole_one() -> None:
+    """A text value after batches already read as numbers: the whole answer is read again."""
+    records = [*PLAIN * 20, {"index": "x", "location": "L9", "entries": "n/a"}]
+    data = doc(records, copies=1)
+    mixed_whole: set[str] = set()
+    whole = to_frame(data, "segments", FIELDS, mixed_whole)
+    mixed: set[str] = set()
+    parts = [data[i : i + 50] for i in range(0, len(data), 50)]
+    assert streamed(parts, FIELDS, mixed).equals(whole)
+    assert mixed == mixed_whole == {"entries"}
+
+
+@pytest.mark.parametrize("extra", [{"error": {"code": "e", "message": "late"}}, {}])
+def test_a_streamed_error_answer_is_an_upstream_error(extra: dict[str, Any]) -> None:
+    data = doc(PLAIN, **extra) if extra else doc(PLAIN)[:-40]  # an error, or cut short
+    parts = [data[i : i + 100] for i in range(0, len(data), 100)]
+    with pytest.raises(UpstreamError):
+        streamed(parts)
+
+
+def test_the_spilled_copy_is_gone_after_finish_failure_and_close(tmp_path: Any) -> None:
+    """The copy is an unnamed file: nothing in the spill directory, no file left open."""
+
+    def open_copies() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the fd of listdir itself
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [link for link in links if link.startswith(str(tmp_path))]
+
+    data = doc(PLAIN)
+    for parts, finish in [([data], True), ([data[:-40]], True), ([data[:500]], False)]:
+        reader = AnswerReader("segments", FIELDS, None, str(tmp_path), small=SMALL, batch=BATCH)
+        reader.feed(parts)
+        assert len(open_copies()) == 1  # the copy exists while reading...
+        with contextlib.suppress(UpstreamError):
+            if finish:
+                reader.finish()
+        reader.close()
+        assert open_copies() == []  # ...and is gone after, whatever the outcome
+        assert list(tmp_path.iterdir()) == []

@@ -120,11 +120,16 @@ def test_parts_numbered_from_one_and_interleaved() -> None:
     ("frames", "message"),
     [
         (["a|0|2|[", "a|0|2|1]"], "duplicate part 0 of answer 'a'"),
+        (["a|1|3|1", "a|1|3|1"], "duplicate part 1 of answer 'a'"),
         (["a|3|2|["], "part 3 out of range for 2 parts"),
         (["a|0|3|[", "a|1|2|1]"], "answer 'a' changed totalParts from 3 to 2"),
         (
             ["a|0|3|[", "a|1|3|1", "a|3|3|]"],
-            "answer 'a' has parts [0, 1, 3], expected 0..2 or 1..3",
+            "answer 'a' has part 3; its parts are numbered 0..2",
+        ),
+        (
+            ["a|2|3|1", "a|3|3|]", "a|0|3|["],
+            "answer 'a' has part 0; its parts are numbered 1..3",
         ),
         (["a|0|2|[", "a|0|0|[]"], "single-part frame for 'a' while its parts were arriving"),
         (["a|0|2|[", "a|1|2|1"], "answer 'a' is not JSON"),
@@ -263,3 +268,23 @@ def test_nesting_limit_counts_from_the_body(depth: int, ok: bool) -> None:
         with pytest.raises(InvalidEnvelope) as info:
             parse_action(text, max_depth=4)
         assert info.value.details == [Detail("body", "must be nested at most 4 levels")]
+
+
+@pytest.mark.parametrize(
+    ("frames", "handed_out"),
+    [
+        # In order from 0: each part as it arrives.
+        (["a|0|3|[1", "a|1|3|,2", "a|2|3|]"], [["[1"], [",2"], ["]"]]),
+        # Out of order: held until the gap is filled.
+        (["a|1|3|,2", "a|0|3|[1", "a|2|3|]"], [[], ["[1", ",2"], ["]"]]),
+        # From 1: the numbering is known only when part totalParts arrives.
+        (["a|1|3|[1", "a|2|3|,2", "a|3|3|]"], [[], [], ["[1", ",2", "]"]]),
+        (["a|3|3|]", "a|1|3|[1", "a|2|3|,2"], [[], ["[1"], [",2", "]"]]),
+    ],
+)
+def test_stream_hands_out_parts_in_order(frames: list[str], handed_out: list[list[str]]) -> None:
+    assembler = ReplyAssembler()
+    got = [assembler.feed_stream(f) for f in frames]
+    assert [[p.decode() for p in ready] for _, ready, _ in got] == handed_out
+    assert [complete for _, _, complete in got] == [False] * (len(frames) - 1) + [True]
+    assert list(assembler.pending_ids()) == []

@@ -24,9 +24,10 @@ writer takes the mark off and applies formula safety to those cells only.
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import polars as pl
@@ -34,7 +35,15 @@ import polars as pl
 from ..errors import UpstreamError
 from ..frames import parse_answer
 
-__all__ = ["SMALL_ANSWER_BYTES", "TEXT_MARK", "Schema", "number_text", "schema", "to_frame"]
+__all__ = [
+    "SMALL_ANSWER_BYTES",
+    "TEXT_MARK",
+    "AnswerReader",
+    "Schema",
+    "number_text",
+    "schema",
+    "to_frame",
+]
 
 #: Starts each text cell of a value column that mixes numbers and text.
 TEXT_MARK = "\x00"
@@ -46,6 +55,10 @@ Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
 SMALL_ANSWER_BYTES = 256 * 1024
 #: The fast path rewrites an answer this many bytes at a time (see _ndjson).
 _CHUNK = 2 * 1024 * 1024
+#: The streaming reader reads records this many bytes at a time.
+BATCH_BYTES = 16 * 1024 * 1024
+#: The streaming reader looks this far for the opening of the records' array.
+_MAX_HEAD = 64 * 1024
 
 
 def to_frame(
@@ -86,6 +99,132 @@ def to_frame(
         return pl.DataFrame(records, infer_schema_length=None, strict=False)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         raise UpstreamError(f"the {facet} records cannot be read") from None
+
+
+class AnswerReader:
+    """One answer's records, read as its parts arrive: the streaming form of :func:`to_frame`.
+
+    ``feed`` takes the answer's parts in order, as they arrive; ``finish`` returns
+    the same frame as ``to_frame`` on the whole answer. Both may run in a worker
+    thread, one call at a time. Memory holds the records read so far (as columns)
+    and at most one batch of raw text, whatever the answer's size:
+
+    - an answer of at most ``SMALL_ANSWER_BYTES`` is kept and read whole at the end;
+    - a bigger one is copied, part by part, to an unnamed temporary file in
+      ``spill_dir`` (gone when closed, even if the process dies) and, when the plan
+      names the fields it reads, cut into records at ``},{`` and read by polars
+      ``BATCH_BYTES`` at a time, with the raw bytes released as soon as read;
+    - whenever the fast path cannot be trusted (no array opening in the first
+      64 KiB, a batch that polars cannot read with the expected types, a rest of
+      the document that is not the plain shape, no named fields), the answer is read
+      again from the copy by the exact reader (``to_frame``), as it always was.
+
+    A wrong cut (``},{`` inside a string or a nested array) always leaves an invalid
+    line, so each batch that reads starts and ends on a record's boundary.
+    """
+
+    def __init__(
+        self,
+        facet: str,
+        fields: Schema | None,
+        mixed: set[str] | None = None,
+        spill_dir: str | None = None,
+        *,
+        small: int = SMALL_ANSWER_BYTES,
+        batch: int = BATCH_BYTES,
+    ) -> None:
+        self.facet = facet
+        self.small, self.batch = small, batch
+        self.fields = dict(fields) if fields else None
+        self.mixed = mixed
+        self.spill_dir = spill_dir
+        self._opening = b'"' + facet.encode() + b'":['
+        self._held: list[bytes] = []  # a small answer's parts, until it grows
+        self._held_size = 0
+        self._copy: IO[bytes] | None = None  # the raw answer, for the exact reader
+        self._exact = not self.fields  # read the copy whole at the end
+        self._head: bytes | None = None  # the document up to and including "facet":[
+        self._rest = b""  # unread text: from the start, or from a record's start
+        self._frames: list[pl.DataFrame] = []
+
+    def feed(self, parts: list[bytes]) -> None:
+        if self._copy is None:
+            self._held += parts
+            self._held_size += sum(map(len, parts))
+            if self._held_size <= self.small:
+                return
+            # Closed by close(), which the caller always calls (finish calls it too).
+            self._copy = tempfile.TemporaryFile(dir=self.spill_dir, prefix="csvgen-answer-")  # noqa: SIM115
+            parts, self._held = self._held, []
+        for part in parts:
+            self._copy.write(part)
+        if self._exact:
+            return
+        data = self._rest + b"".join(parts)
+        if self._head is None:
+            at = data.find(self._opening)
+            if at < 0:
+                self._rest = data
+                self._exact = len(data) > _MAX_HEAD
+                return
+            first = at + len(self._opening)
+            self._head, data = data[:first], data[first:]
+        self._rest = data
+        if len(data) >= self.batch:
+            cut = data.rfind(b"},{")
+            if cut >= 0:
+                self._rest = data[cut + 2 :]
+                self._read(data[: cut + 1])
+
+    def finish(self) -> pl.DataFrame:
+        """The answer's records.
+
+        Raises:
+            UpstreamError: as :func:`to_frame`.
+        """
+        if self._copy is None:
+            return to_frame(self._held, self.facet, self.fields, self.mixed)
+        frame = None if self._exact else self._last()
+        if frame is not None:
+            return frame
+        self._copy.seek(0)
+        data = self._copy.read()
+        self.close()
+        return to_frame(data, self.facet, self.fields, self.mixed)
+
+    def close(self) -> None:
+        """Drop everything held (the copy's file goes with it)."""
+        if self._copy is not None:
+            self._copy.close()
+        self._held, self._rest, self._frames = [], b"", []
+
+    def _last(self) -> pl.DataFrame | None:
+        """The last records and the rest of the document, when it has the plain shape."""
+        data, self._rest = self._rest, b""
+        end = data.rfind(b"}]")
+        if self._head is None or end < 0:
+            return None
+        try:
+            rest: Any = orjson.loads(self._head + data[end + 1 :])
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(rest, dict) or rest.get(self.facet) != [] or "error" in rest:
+            return None
+        self._read(data[: end + 1])
+        if self._exact:
+            return None
+        frames, self._frames = self._frames, []
+        self.close()
+        return pl.concat(frames, rechunk=True)
+
+    def _read(self, records: bytes) -> None:
+        """One batch of whole records, ``{…},{…}``, into a frame (else: exact from now on)."""
+        assert self.fields is not None
+        try:
+            lines = _ndjson(records, 0, len(records))
+            self._frames.append(pl.read_ndjson(lines, schema=self.fields))
+        except pl.exceptions.PolarsError:
+            self._exact, self._rest, self._frames = True, b"", []
 
 
 def schema(reads: Iterable[tuple[str, str]] | None) -> Schema | None:

@@ -43,10 +43,10 @@ from ..errors import (
     echo,
 )
 from ..frames import Action, fingerprint
-from ..metrics import AnswerBudget
+from ..metrics import AnswerBudget, AnswerSink
 from ..routes import Job
 from ..stores import ObjectStore, content_disposition
-from .answers import SMALL_ANSWER_BYTES, Schema, schema, to_frame
+from .answers import BATCH_BYTES, AnswerReader, Schema, schema
 from .combine import combine
 from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
 from .dialects import DIALECTS
@@ -64,18 +64,19 @@ CSV_CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
 GZIP_CONTENT_TYPE = "application/gzip"
 
 
-#: Answers read into frames at once: each read is memory-hungry, and there are two cores.
-PARALLEL_READS = 2
-
-
 class MetricsSource(Protocol):
     async def request(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
     ) -> Any: ...
 
-    async def request_raw(
-        self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
-    ) -> list[bytes]: ...
+    async def request_into(
+        self,
+        action: str,
+        route: str,
+        body: dict[str, Any],
+        sink: AnswerSink,
+        budget: AnswerBudget | None = None,
+    ) -> None: ...
 
 
 class CsvExport:
@@ -95,7 +96,6 @@ class CsvExport:
         self.storage = storage
         self.now = now
         self.references = references or ReferenceCache()
-        self._reads = asyncio.Semaphore(PARALLEL_READS)
 
     def prepare(self, action: Action) -> Job:
         """Validate and plan on receipt; the job holds the plan, not the body.
@@ -144,7 +144,7 @@ class CsvExport:
         extension = ".csv.gz" if plan.gzip else ".csv"
         content_type = GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
         name = plan.metrics[0].name if plan.metrics else ""
-        with tempfile.TemporaryFile(prefix="csvgen-") as f:
+        with tempfile.TemporaryFile(prefix="csvgen-", dir=self.settings.spill_dir) as f:
             written, types = await asyncio.to_thread(_write, plan, table, f, mixed)
             clock.lap("write")
             if written.size > self.settings.max_bytes:
@@ -245,15 +245,7 @@ class CsvExport:
 
         async def one(metric: MetricPlan, fields: Schema | None, mixed: set[str]) -> pl.DataFrame:
             async with limit:
-                data = await self._metric(metric, budget)
-            # Big reads take turns (each is memory-hungry); a small one never waits behind
-            # them, so a small export stays quick while a big one is being read.
-            big = sum(map(len, data)) > SMALL_ANSWER_BYTES
-            async with self._reads if big else contextlib.nullcontext():
-                try:
-                    return await asyncio.to_thread(to_frame, data, facet, fields, mixed)
-                except UpstreamError as exc:
-                    raise MetricFailed(metric.metric_id, exc.message) from None
+                return await self._metric(metric, budget, facet, fields, mixed)
 
         same: dict[bytes, list[int]] = {}  # one upstream request → the metric requests it serves
         mixed_of: dict[int, set[str]] = {}
@@ -283,15 +275,41 @@ class CsvExport:
         }
         return frames, names, _owner(plan.metrics[0], found), mixed_columns
 
-    async def _metric(self, metric: MetricPlan, budget: AnswerBudget) -> list[bytes]:
+    async def _metric(
+        self,
+        metric: MetricPlan,
+        budget: AnswerBudget,
+        facet: str,
+        fields: Schema | None,
+        mixed: set[str],
+    ) -> pl.DataFrame:
+        """One metric request's records, read as its answer arrives (answers.py)."""
+        inbox = _Inbox()
+        spill = self.settings.spill_dir
+
+        async def fetch() -> None:
+            await self.metrics.request_into("metric", metric.route, metric.body, inbox, budget)
+            inbox.close()
+
         timeout = self.settings.metric_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await self.metrics.request_raw("metric", metric.route, metric.body, budget)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(fetch())
+                        reading = tg.create_task(
+                            _read(inbox, lambda: AnswerReader(facet, fields, mixed, spill))
+                        )
+                except ExceptionGroup as group:
+                    raise group.exceptions[0] from None
+            return reading.result()
         except TimeoutError:
             raise MetricTimeout(metric.metric_id, timeout) from None
         except UpstreamError as exc:
             raise MetricFailed(metric.metric_id, exc.message) from None
+        except OSError as exc:  # the spill directory is full or gone
+            message = f"the answers could not be spilled to disk: {exc.strerror}"
+            raise StorageFailed(message) from None
 
     async def _reference_data(
         self, plan: ExportPlan, budget: AnswerBudget
@@ -338,6 +356,62 @@ class CsvExport:
             self.references.put(entity_type, records)
             found.update((item["id"], item) for item in records)
         return found
+
+
+class _Inbox:
+    """An answer's parts on their way from the link (fed on the event loop) to its reader
+    (in worker threads), a batch at a time."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.generation = 0  # counts restarts: parts of an earlier attempt are dropped
+        self.done = False
+        self._wake = asyncio.Event()
+
+    def feed(self, part: bytes) -> None:
+        self.parts.append(part)
+        self.size += len(part)
+        if self.size >= BATCH_BYTES:
+            self._wake.set()
+
+    def restart(self) -> None:
+        self.parts, self.size = [], 0
+        self.generation += 1
+        self._wake.set()
+
+    def close(self) -> None:
+        self.done = True
+        self._wake.set()
+
+    async def take(self) -> tuple[list[bytes], int, bool]:
+        """The parts fed since the last take (once a batch is there, or at the end)."""
+        await self._wake.wait()
+        self._wake.clear()
+        parts, self.parts, self.size = self.parts, [], 0
+        return parts, self.generation, self.done
+
+
+async def _read(inbox: _Inbox, new_reader: Callable[[], AnswerReader]) -> pl.DataFrame:
+    """Feed an answer's parts to a reader as they come, in worker threads; its frame."""
+    reader, generation = new_reader(), 0
+    try:
+        while True:
+            parts, now, done = await inbox.take()
+            if now != generation:
+                reader.close()
+                reader, generation = new_reader(), now
+            if done:
+                return await asyncio.to_thread(_finish, reader, parts)
+            if parts:
+                await asyncio.to_thread(reader.feed, parts)
+    finally:
+        reader.close()
+
+
+def _finish(reader: AnswerReader, parts: list[bytes]) -> pl.DataFrame:
+    reader.feed(parts)
+    return reader.finish()
 
 
 def _mixed_warning(heading: str) -> str:
