@@ -9,7 +9,7 @@ array) must parse as the expected object. Whenever the fast path fails, the
 answer is parsed whole with orjson, which is exact for any valid JSON.
 
 Schema inference is most of polars' reading time, so the caller may name the
-fields it needs (``fields``): keys as text, plain values as Float64 (integers
+fields it needs (``fields``): keys as (categorical) text, plain values as Float64 (integers
 print the same, ``1284``). Other fields are skipped. If a record does not fit
 (a value that is text, an object…), reading fails and the answer is read again
 with full inference; nothing is ever silently dropped or coerced to null.
@@ -228,10 +228,12 @@ class AnswerReader:
 
 
 def schema(reads: Iterable[tuple[str, str]] | None) -> Schema | None:
-    """A plan's ``reads`` as polars types: keys as text, values as Float64 (None: infer)."""
+    """A plan's ``reads`` as polars types (None: infer): values as Float64, keys as
+    categorical text (a few hundred dates and entities repeated over millions of
+    records: four bytes a record instead of the text, a third of the memory)."""
     if reads is None:
         return None
-    return {name: pl.String if kind == "key" else pl.Float64 for name, kind in reads}
+    return {name: pl.Categorical if kind == "key" else pl.Float64 for name, kind in reads}
 
 
 def number_text(value: int | float) -> str:

@@ -125,7 +125,9 @@ def _key_exprs(plan: ExportPlan, metric: MetricPlan, frame: pl.DataFrame) -> lis
         if dim == "index":
             # YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, no zone change
             width = 10 if plan.date_only else 19
-            exprs.append(_text(frame, "index").str.slice(0, width))
+            index = _text(frame, "index")
+            categorical = frame.schema.get("index") == pl.Categorical
+            exprs.append(index.cat.slice(0, width) if categorical else index.str.slice(0, width))
         else:
             exprs.append(_text(frame, field_of(metric, dim)))
     return exprs
@@ -135,9 +137,10 @@ def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
     """A record field as text for keys and filters: missing or empty → null."""
     if name not in frame.columns:
         return pl.lit(None, dtype=pl.String)
-    text = _json(frame.schema[name], name)
+    dtype = frame.schema[name]
+    text = _json(dtype, name)
     if text is None:
-        text = pl.col(name).cast(pl.String)
+        text = pl.col(name) if dtype == pl.Categorical else pl.col(name).cast(pl.String)
     return pl.when(text == "").then(None).otherwise(text)
 
 
