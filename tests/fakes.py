@@ -175,6 +175,7 @@ class FakeMetrics(LoopbackServer):
         self._batch: list[tuple[ServerConnection, list[str]]] = []
         self.connections: list[ServerConnection] = []
         self.drop_once: str | None = None  # cut the link on the first request for this route
+        self.cut_after: dict[str, int] = {}  # route -> frames sent before cutting the link, once
         self._answering: set[asyncio.Task[None]] = set()
 
     async def stop(self) -> None:
@@ -228,7 +229,11 @@ class FakeMetrics(LoopbackServer):
                 if len(self._batch) == self.interleave:
                     await self._send_interleaved()
                 return
-            for f in frames:
+            cut = self.cut_after.pop(data["route"], None)
+            for n, f in enumerate(frames):
+                if n == cut:
+                    ws.transport.abort()
+                    return
                 await ws.send(f)
             await self.answered.put(data["route"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from csvgen.config import Settings, is_loopback_url, redact_url, unknown_variables
@@ -149,3 +151,18 @@ def test_new_limits_have_the_spec_defaults() -> None:
     assert (s.max_body_bytes, s.max_body_depth) == (1024 * 1024, 32)
     assert (s.max_metric_requests, s.max_columns) == (50, 500)
     assert (s.max_answer_bytes, s.export_timeout_s) == (4 * 1024**3, 1800)
+
+
+def test_the_spill_directory_must_exist_and_be_writable(tmp_path: Path) -> None:
+    env = {"CSVGEN_BUS_URL": "ws://a", "CSVGEN_SPILL_DIR": str(tmp_path)}
+    assert Settings.from_env(env).spill_dir == str(tmp_path)
+    assert Settings.from_env({"CSVGEN_BUS_URL": "ws://a"}).spill_dir is None  # system temp
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**env, "CSVGEN_SPILL_DIR": missing})
+    assert info.value.problems == [
+        f"CSVGEN_SPILL_DIR: must be an existing directory, got {missing!r}"
+    ]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError):
+        Settings.from_env({**env, "CSVGEN_SPILL_DIR": str(tmp_path / "file")})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
@@ -106,6 +108,25 @@ async def test_lost_metrics_link_is_retried(
     assert payload["body"][0]["rowCount"] == 3
     assert [route for _, route, _ in metrics.requests].count("entries") == 2
     assert len(metrics.connections) == 2
+
+
+async def test_link_lost_in_the_middle_of_a_streamed_answer_starts_it_again(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """Parts already read when the link drops are dropped with it: the answer is read
+    again from its first part, and the CSV holds each record once."""
+    answer = entries_answer(days=1000, entities=tuple(f"loc{n:04d}" for n in range(300)))
+    for n, record in enumerate(answer["segments"]):  # 300,000 records, about 24 MB
+        record["entries"] = n  # each line of the CSV its own
+    metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=8)))
+    metrics.cut_after["entries"] = 7  # past one 16 MiB batch of the reader: it has read some
+    async with running_exporter(bus, metrics):
+        await bus.send(request("cut"))
+        _, payload = await bus.reply()
+    assert payload["body"][0]["rowCount"] == 300_000
+    assert [route for _, route, _ in metrics.requests].count("entries") == 2
+    lines = download(payload["body"][0]["signedUrl"]).splitlines()
+    assert len(lines) == len(set(lines)) == 300_001
 
 
 class DuplicatePart(RawFrames):
@@ -306,3 +327,24 @@ async def test_entity_names_are_looked_up_once_an_hour(
         url = payload["body"][0]["signedUrl"]
     assert download(url).split(b"\r\n")[1] == b"2024-01-01,Oxford Street Store,100"
     assert [route for _, route, _ in metrics.requests].count("detail/list") == 1
+
+
+@pytest.mark.parametrize(
+    ("days", "what"),
+    [(5, "the CSV"), (5000, "the answers")],  # the answer over 256 KiB is copied first
+    ids=["csv", "answers"],
+)
+async def test_a_spill_directory_gone_is_storage_failed_and_leaves_nothing(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, tmp_path: Path, days: int, what: str
+) -> None:
+    """CSVGEN_SPILL_DIR removed (or full) after start: storage_failed, no object, no path."""
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=days)))
+    gone = tmp_path / "gone"
+    async with running_exporter(bus, metrics, spill_dir=str(gone)):
+        await bus.send(request("disk"))
+        _, payload = await bus.reply()
+    assert payload["error"]["code"] == "storage_failed"
+    assert payload["error"]["message"] == (
+        f"{what} could not be written to the spill directory: No such file or directory"
+    )
+    assert "Contents" not in s3.client().list_objects_v2(Bucket="aura-exports")

@@ -20,9 +20,9 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 import orjson
@@ -144,8 +144,9 @@ class CsvExport:
         extension = ".csv.gz" if plan.gzip else ".csv"
         content_type = GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
         name = plan.metrics[0].name if plan.metrics else ""
-        with tempfile.TemporaryFile(prefix="csvgen-", dir=self.settings.spill_dir) as f:
-            written, types = await asyncio.to_thread(_write, plan, table, f, mixed)
+        with _spill_file(self.settings.spill_dir) as f:
+            with _disk_errors("the CSV"):
+                written, types = await asyncio.to_thread(_write, plan, table, f, mixed)
             clock.lap("write")
             if written.size > self.settings.max_bytes:
                 raise TooLarge(
@@ -308,8 +309,7 @@ class CsvExport:
         except UpstreamError as exc:
             raise MetricFailed(metric.metric_id, exc.message) from None
         except OSError as exc:  # the spill directory is full or gone
-            message = f"the answers could not be spilled to disk: {exc.strerror}"
-            raise StorageFailed(message) from None
+            raise _disk_error("the answers", exc) from None
 
     async def _reference_data(
         self, plan: ExportPlan, budget: AnswerBudget
@@ -407,6 +407,28 @@ async def _read(inbox: _Inbox, new_reader: Callable[[], AnswerReader]) -> pl.Dat
                 await asyncio.to_thread(reader.feed, parts)
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def _spill_file(directory: str | None) -> Iterator[IO[bytes]]:
+    """An unnamed temporary file for the CSV: gone when closed, or when the process dies."""
+    with _disk_errors("the CSV"):
+        f = tempfile.TemporaryFile(prefix="csvgen-", dir=directory)  # noqa: SIM115 (closed below)
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise _disk_error(what, exc) from None
+
+
+def _disk_error(what: str, exc: OSError) -> StorageFailed:
+    """A full or missing spill directory (CSVGEN_SPILL_DIR): no path in the reply."""
+    return StorageFailed(f"{what} could not be written to the spill directory: {exc.strerror}")
 
 
 def _finish(reader: AnswerReader, parts: list[bytes]) -> pl.DataFrame:
