@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -75,6 +76,12 @@ class AnswerSink(Protocol):
     def restart(self) -> None:
         """The request is being sent again: forget every part fed so far."""
 
+    def room(self) -> Awaitable[object] | None:
+        """None while the sink can take more; else what to await until it can.
+
+        While a sink is full the link reads no further frame (backpressure: memory
+        holds what the reader has not caught up with, never a whole answer)."""
+
 
 class _Collect:
     """The sink of :meth:`MetricsClient.request_raw`: the parts, kept."""
@@ -87,6 +94,18 @@ class _Collect:
 
     def restart(self) -> None:
         self.parts.clear()
+
+    def room(self) -> None:
+        return None
+
+
+async def _until(room: Awaitable[object], request: asyncio.Future[None]) -> None:
+    """Wait for a sink to have room, or for its request to end (failed, cancelled)."""
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(room)
+    try:
+        await asyncio.wait([waiting, request], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
 
 
 class MetricsClient:
@@ -219,7 +238,9 @@ class MetricsClient:
             self._up.set()
             try:
                 while True:  # bytes, not str: answers are not decoded, only cut and parsed
-                    self._on_frame(await ws.recv(decode=False))
+                    full = self._on_frame(await ws.recv(decode=False))
+                    if full is not None:
+                        await full
             except ConnectionClosed:
                 pass
             finally:
@@ -230,24 +251,27 @@ class MetricsClient:
                 return
             logger.warning("lost the metrics connection; reconnecting")
 
-    def _on_frame(self, message: str | bytes) -> None:
-        """Route one frame to its request. Never raises: a bad frame costs its request only."""
+    def _on_frame(self, message: str | bytes) -> Awaitable[object] | None:
+        """Route one frame to its request. Never raises: a bad frame costs its request only.
+
+        Returns what to await before reading the next frame when the request's sink is
+        full (it ends early if the request ends)."""
         data = message.encode() if isinstance(message, str) else message
         telemetry.UPSTREAM_BYTES.inc(len(data))
         cut = data.find(b"|")
         if cut < 0:
             logger.warning("unreadable frame from the metrics API: %.80r", data)
-            return
+            return None
         rid = data[:cut].decode(errors="replace")
         if rid not in self._waiting:
             # An answer that came after its request gave up: its parts must not pile up.
             logger.debug("frame for unknown or finished request %.80r dropped", rid)
-            return
+            return None
         budget = self._budgets.get(rid)
         if budget is not None and not budget.take(len(data)):
             self._assembler.forget(rid)
             self._settle(rid, error=budget.error())
-            return
+            return None
         try:
             rid, ready, complete = self._assembler.feed_stream(data)
             sink = self._sinks[rid]
@@ -255,14 +279,17 @@ class MetricsClient:
                 sink.feed(part)
         except PartError as exc:
             self._settle(rid, error=UpstreamError(f"broken answer: {exc}"))
-            return
+            return None
         except Exception:  # a codec bug must not end the reader: fail the one request
             logger.exception("frame for %.80r could not be read", rid)
             self._assembler.forget(rid)
             self._settle(rid, error=UpstreamError("broken answer"))
-            return
+            return None
         if complete:
             self._settle(rid)
+            return None
+        room = sink.room()
+        return None if room is None else _until(room, self._waiting[rid][0])
 
     def _settle(self, rid: str, *, error: Exception | None = None) -> None:
         entry = self._waiting.get(rid)

@@ -228,6 +228,7 @@ class FakeMetrics(LoopbackServer):
                 self._batch.append((ws, frames))
                 if len(self._batch) == self.interleave:
                     await self._send_interleaved()
+                    await self.answered.put("interleaved")
                 return
             cut = self.cut_after.pop(data["route"], None)
             for n, f in enumerate(frames):

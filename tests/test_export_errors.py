@@ -119,7 +119,7 @@ async def test_link_lost_in_the_middle_of_a_streamed_answer_starts_it_again(
     for n, record in enumerate(answer["segments"]):  # 300,000 records, about 24 MB
         record["entries"] = n  # each line of the CSV its own
     metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=8)))
-    metrics.cut_after["entries"] = 7  # past one 16 MiB batch of the reader: it has read some
+    metrics.cut_after["entries"] = 7  # past a batch of the reader: it has read some
     async with running_exporter(bus, metrics):
         await bus.send(request("cut"))
         _, payload = await bus.reply()

@@ -20,7 +20,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 from urllib.parse import quote
@@ -367,18 +367,26 @@ class _Inbox:
         self.size = 0
         self.generation = 0  # counts restarts: parts of an earlier attempt are dropped
         self.done = False
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a batch is there (or the end)
+        self._room = asyncio.Event()  # the reader has taken what was there
+        self._room.set()
 
     def feed(self, part: bytes) -> None:
         self.parts.append(part)
         self.size += len(part)
         if self.size >= BATCH_BYTES:
             self._wake.set()
+            self._room.clear()
+
+    def room(self) -> Awaitable[object] | None:
+        """Backpressure: at most a batch and a part wait for the reader."""
+        return None if self._room.is_set() else self._room.wait()
 
     def restart(self) -> None:
         self.parts, self.size = [], 0
         self.generation += 1
         self._wake.set()
+        self._room.set()
 
     def close(self) -> None:
         self.done = True
@@ -389,6 +397,7 @@ class _Inbox:
         await self._wake.wait()
         self._wake.clear()
         parts, self.parts, self.size = self.parts, [], 0
+        self._room.set()
         return parts, self.generation, self.done
 
 
