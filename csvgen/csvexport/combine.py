@@ -50,18 +50,29 @@ def combine(
         for part, column in _parts(plan, m, metric, frame, keys):
             parts.append(part)
             owners.append((metric, column))
-    table = parts[0]
-    for part in parts[1:]:
-        if part.height == table.height and part.select(keys).equals(table.select(keys)):
-            # The same keys in the same order (answers for one period, entities and
-            # breakdown often are): side by side is that join, without the hashing.
-            table = table.hstack(part.drop(keys))
+    # The same keys in the same order (answers for one period, entities and breakdown
+    # often are; two requests of one upstream answer always are): side by side is that
+    # join, without the hashing. Neighbours first, then each against the table so far.
+    groups: list[pl.DataFrame] = []
+    for part in parts:
+        if groups and _same_keys(groups[-1], part, keys):
+            groups[-1] = groups[-1].hstack(part.drop(keys))
         else:
-            table = table.join(part, on=keys, how="full", coalesce=True, nulls_equal=True)
-    if table.select(pl.struct(keys).is_duplicated().any()).item():
-        # Joins of frames with unique keys give unique keys: some frame has a key twice.
+            groups.append(part)
+    table = groups[0]
+    for group in groups[1:]:
+        if _same_keys(table, group, keys):
+            table = table.hstack(group.drop(keys))
+        else:
+            table = table.join(group, on=keys, how="full", coalesce=True, nulls_equal=True)
+    del groups
+    # Joins of frames with unique keys give unique keys. Hashes of the keys find a key
+    # twice in a fraction of the memory of the keys themselves (the big export: 70 MB
+    # instead of 355 MB); a collision only costs the exact check of each part.
+    if table.select(pl.struct(keys).hash().is_duplicated().any()).item():
         for part, (metric, col) in zip(parts, owners, strict=True):
             _check_unique(part, keys, metric, col)
+    del parts
     if max_rows is not None and table.height > max_rows:
         raise TooLarge(f"the export has {table.height} rows; the limit is {max_rows}")
 
@@ -157,6 +168,10 @@ def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
             return pl.lit(None)
         expr, dtype = expr.struct.field(step), fields[step]
     return expr
+
+
+def _same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> bool:
+    return a.height == b.height and a.select(keys).equals(b.select(keys))
 
 
 def _check_unique(part: pl.DataFrame, keys: list[str], metric: MetricPlan, col: ColumnSpec) -> None:
