@@ -67,6 +67,7 @@ class Settings:
     unsafe_store: bool = False  # skip the start check of conditional writes (SPEC §9)
     lease_s: float = 30.0
     spill_dir: str | None = None  # None: the system's temporary directory
+    memory_budget_mb: int = 1024  # per export: past it, combined out of core
 
     def __post_init__(self) -> None:
         if not self.metrics_url:
@@ -270,6 +271,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CSVGEN_MAX_ANSWER_BYTES": ("max_answer_bytes", _int_range(1)),
     "CSVGEN_EXPORT_TIMEOUT_S": ("export_timeout_s", _seconds),
     "CSVGEN_SPILL_DIR": ("spill_dir", _directory),
+    "CSVGEN_MEMORY_BUDGET_MB": ("memory_budget_mb", _int_range(16)),
     "CSVGEN_MAX_FRAME_BYTES": ("max_frame_bytes", _int_range(1024)),
     "CSVGEN_MAX_METRIC_CONCURRENCY": ("max_metric_concurrency", _int_range(1)),
     "CSVGEN_RECONNECT_MAX_DELAY_S": ("reconnect_max_delay_s", _seconds),

@@ -33,6 +33,7 @@ from .dialects import DIALECTS, Dialect
 __all__ = [
     "EXCEL_MAX_ROWS",
     "FORMULA_STARTS",
+    "CsvWriter",
     "WriteResult",
     "spreadsheet_warnings",
     "write_csv",
@@ -104,28 +105,64 @@ def write_csv(
 
     ``mixed``: the indices of the columns that mix numbers and marked text (see above).
     """
-    hashing = _HashingSink(sink)
-    out: Any = (
-        gzip.GzipFile(fileobj=hashing, mode="wb", mtime=0, filename="") if compress else hashing
-    )
-    header = dialect.separator.join(heading(h, dialect.separator) for h in headings) + "\r\n"
-    out.write((BOM if dialect.bom else b"") + header.encode())
-    table, mixed, escaped = _safe(table, dialect.decimal_comma, mixed)
-    escaped += sum(h.startswith(FORMULA_STARTS) for h in headings)
-    if table.height:
-        table.write_csv(
-            out,
-            include_header=False,
-            separator=dialect.separator,
-            line_terminator="\r\n",
-            quote_style="necessary",
-            null_value="",
-            float_scientific=False,
-            decimal_comma=dialect.decimal_comma,
+    writer = CsvWriter(headings, sink, dialect=dialect, compress=compress, mixed=mixed)
+    writer.write(table)
+    return writer.close()
+
+
+class CsvWriter:
+    """:func:`write_csv` a batch of rows at a time: the header first, then each batch.
+
+    Batches in order give the same bytes as their concatenation written at once.
+    """
+
+    def __init__(
+        self,
+        headings: list[str],
+        sink: IO[bytes],
+        *,
+        dialect: Dialect = DIALECTS["default"],
+        compress: bool = False,
+        mixed: Collection[int] = (),
+    ) -> None:
+        self.dialect = dialect
+        self.mixed_columns = mixed
+        self.compress = compress
+        self._hashing = _HashingSink(sink)
+        self._out: Any = (
+            gzip.GzipFile(fileobj=self._hashing, mode="wb", mtime=0, filename="")
+            if compress
+            else self._hashing
         )
-    if compress:
-        out.close()  # writes the gzip trailer; the sink stays open
-    return WriteResult(hashing.size, hashing.hash.hexdigest(), mixed, escaped)
+        sep = dialect.separator
+        header = sep.join(heading(h, sep) for h in headings) + "\r\n"
+        self._out.write((BOM if dialect.bom else b"") + header.encode())
+        self.escaped = sum(h.startswith(FORMULA_STARTS) for h in headings)
+        self.mixed: tuple[int, ...] = ()
+        self.rows = 0
+
+    def write(self, table: pl.DataFrame) -> None:
+        safe, self.mixed, escaped = _safe(table, self.dialect.decimal_comma, self.mixed_columns)
+        self.escaped += escaped
+        self.rows += table.height
+        if table.height:
+            safe.write_csv(
+                self._out,
+                include_header=False,
+                separator=self.dialect.separator,
+                line_terminator="\r\n",
+                quote_style="necessary",
+                null_value="",
+                float_scientific=False,
+                decimal_comma=self.dialect.decimal_comma,
+            )
+
+    def close(self) -> WriteResult:
+        """Finish the file (the gzip trailer); the sink stays open."""
+        if self.compress:
+            self._out.close()
+        h = self._hashing
+        return WriteResult(h.size, h.hash.hexdigest(), self.mixed, self.escaped)
 
 
 def _safe(

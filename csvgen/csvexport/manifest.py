@@ -46,6 +46,14 @@ def column_types(plan: ExportPlan, table: pl.DataFrame) -> list[tuple[str, int]]
     return out
 
 
+def merge_types(a: list[tuple[str, int]], b: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The types of two batches of rows taken together: a column of whole numbers in one
+    and decimals in the other is ``decimal``; empty cells add up."""
+    return [
+        (ka if ka == kb else "decimal", ea + eb) for (ka, ea), (kb, eb) in zip(a, b, strict=True)
+    ]
+
+
 def manifest(
     *,
     rid: str,

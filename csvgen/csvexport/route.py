@@ -19,8 +19,9 @@ import functools
 import logging
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 from urllib.parse import quote
@@ -46,12 +47,13 @@ from ..frames import Action, fingerprint
 from ..metrics import AnswerBudget, AnswerSink
 from ..routes import Job
 from ..stores import ObjectStore, content_disposition
+from . import outofcore
 from .answers import BATCH_BYTES, AnswerReader, Schema, schema
-from .combine import combine
-from .csvwrite import WriteResult, spreadsheet_warnings, write_csv
+from .combine import combine, in_memory_cost
+from .csvwrite import CsvWriter, WriteResult, spreadsheet_warnings
 from .dialects import DIALECTS
 from .leases import BucketReceipts, Lease
-from .manifest import MANIFEST_SUFFIX, column_types, manifest
+from .manifest import MANIFEST_SUFFIX, column_types, manifest, merge_types
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan, value_field
 from .references import ReferenceCache
 
@@ -135,18 +137,33 @@ class CsvExport:
         clock = _Stages()
         answers, names, owner, mixed = await self._gather(plan)
         clock.lap("fetch")
-        table = await asyncio.to_thread(
-            combine, plan, answers, names, max_rows=self.settings.max_rows
-        )
+        rows: Callable[[], Generator[pl.DataFrame]]
+        budget = self.settings.memory_budget_mb
+        if in_memory_cost(answers) < budget * 1024 * 1024:
+            table = await asyncio.to_thread(
+                combine, plan, answers, names, max_rows=self.settings.max_rows
+            )
+            rows = functools.partial(_single, table)
+            clock.lap("combine")
+        else:  # out of core: combined and sorted while written (outofcore.py)
+            logger.info("out of core id=%s: the answers' records cost more than %d MB", rid, budget)
+            rows = functools.partial(
+                outofcore.batches,
+                plan,
+                answers,
+                names,
+                memory_mb=budget,
+                spill_dir=self.settings.spill_dir,
+                max_rows=self.settings.max_rows,
+            )
         del answers
-        clock.lap("combine")
         stem = f"{self.settings.key_prefix}/{_safe(owner)}/{started:%Y-%m-%dT%H-%M-%S}"
         extension = ".csv.gz" if plan.gzip else ".csv"
         content_type = GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
         name = plan.metrics[0].name if plan.metrics else ""
         with _spill_file(self.settings.spill_dir) as f:
             with _disk_errors("the CSV"):
-                written, types = await asyncio.to_thread(_write, plan, table, f, mixed)
+                written, count, types = await _write(plan, rows, f, mixed)
             clock.lap("write")
             if written.size > self.settings.max_bytes:
                 raise TooLarge(
@@ -161,7 +178,7 @@ class CsvExport:
                 disposition=content_disposition(name, extension),
                 metadata={
                     "request-id": quote(rid, safe=""),  # any text, as ASCII a header can carry
-                    "row-count": str(table.height),
+                    "row-count": str(count),
                     "sha256": written.sha256,
                 },
             )
@@ -171,7 +188,7 @@ class CsvExport:
             "key": stored.key,
             "signedUrl": url,
             "expiresAt": expires_at,
-            "rowCount": table.height,
+            "rowCount": count,
             "sizeBytes": written.size,
             "sha256": written.sha256,
             "contentType": content_type,
@@ -179,7 +196,7 @@ class CsvExport:
                 [
                     *plan.warnings,
                     *(_mixed_warning(plan.columns[n].heading) for n in written.mixed),
-                    *spreadsheet_warnings(plan.dialect, table.height),
+                    *spreadsheet_warnings(plan.dialect, count),
                 ]
             ),
             "manifestKey": stored.key + MANIFEST_SUFFIX,
@@ -198,7 +215,7 @@ class CsvExport:
         logger.info("stages id=%s %s", rid, clock, extra={"fields": clock.fields(rid)})
         for stage, seconds in clock.laps:
             telemetry.STAGE_SECONDS.labels(stage).observe(seconds)
-        telemetry.ROWS_WRITTEN.inc(table.height)
+        telemetry.ROWS_WRITTEN.inc(count)
         telemetry.BYTES_WRITTEN.inc(written.size)
         return {"body": [item]}
 
@@ -498,15 +515,48 @@ class _Stages:
         return {"id": rid, "stages": {name: round(s, 6) for name, s in self.laps}}
 
 
-def _write(
-    plan: ExportPlan, table: pl.DataFrame, f: Any, mixed: set[int]
-) -> tuple[WriteResult, list[tuple[str, int]]]:
-    """Write the CSV; with the columns' types for the manifest (both off the event loop)."""
+def _single(table: pl.DataFrame) -> Generator[pl.DataFrame]:
+    yield table
+
+
+async def _write(
+    plan: ExportPlan, rows: Callable[[], Generator[pl.DataFrame]], f: IO[bytes], mixed: set[int]
+) -> tuple[WriteResult, int, list[tuple[str, int]]]:
+    """Write the CSV in a worker thread, a batch of rows at a time; with the row count and
+    the columns' types for the manifest. Cancelled, the thread stops at its next batch."""
+    stop = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(_write_rows, plan, rows, f, mixed, stop))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await work  # its spill files are gone before the export ends
+        raise
+
+
+def _write_rows(
+    plan: ExportPlan,
+    rows: Callable[[], Generator[pl.DataFrame]],
+    f: IO[bytes],
+    mixed: set[int],
+    stop: threading.Event,
+) -> tuple[WriteResult, int, list[tuple[str, int]]]:
     headings = [c.heading for c in plan.columns]
     dialect = DIALECTS[plan.dialect]
-    result = write_csv(headings, table, f, dialect=dialect, compress=plan.gzip, mixed=mixed)
+    writer = CsvWriter(headings, f, dialect=dialect, compress=plan.gzip, mixed=mixed)
+    types: list[tuple[str, int]] | None = None
+    with contextlib.closing(rows()) as batches:
+        for batch in batches:
+            if stop.is_set():
+                raise asyncio.CancelledError
+            writer.write(batch)
+            kinds = column_types(plan, batch)
+            types = kinds if types is None else merge_types(types, kinds)
+    result = writer.close()
     f.flush()
-    return result, column_types(plan, table)
+    assert types is not None  # every source yields a batch, maybe empty
+    return result, writer.rows, types
 
 
 def _safe(part: str) -> str:

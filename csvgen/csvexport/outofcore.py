@@ -1,0 +1,130 @@
+"""An export too big for its memory budget: joined, sorted and written out of core.
+
+:func:`combine` (combine.py) joins and sorts in memory, which costs several times
+the size of the answers' records. Past ``CSVGEN_MEMORY_BUDGET_MB`` the same table
+is built by DuckDB instead, whose join and sort spill to disk within a memory
+limit (bench/README.md has the comparison with polars' streaming engine, which
+held the whole join in memory). The pieces are combine.py's, so the rows are the
+same and so are the bytes:
+
+- the parts (keys and values of each metric request) are made, checked for a key
+  twice and finished (entity names, values as written) by polars, as in memory;
+- DuckDB stacks them and groups them by the row key (a full outer join of parts
+  whose keys are unique, nulls equal), then sorts with polars' order: ascending,
+  nulls last, text by bytes, ``-0.0`` equal to ``0.0``, NaN after every number;
+- the sorted rows come back in batches, which the CSV writer writes one by one.
+
+DuckDB works in a directory made for the export in the spill directory, removed
+when the export ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from ..errors import TooLarge
+from .combine import (
+    check_parts,
+    finish,
+    key_names,
+    output,
+    side_by_side,
+    sort_order,
+    sources_of,
+    split,
+)
+from .plan import ExportPlan
+
+__all__ = ["BATCH_ROWS", "batches"]
+
+#: DuckDB's memory limit is the budget, but never under this (it needs some to work).
+MIN_MEMORY_MB = 64
+#: Rows written at a time.
+BATCH_ROWS = 256 * 1024
+
+
+def batches(
+    plan: ExportPlan,
+    frames: Sequence[pl.DataFrame],
+    names: Mapping[str, str] | None,
+    *,
+    memory_mb: int,
+    spill_dir: str | None,
+    max_rows: int | None = None,
+) -> Generator[pl.DataFrame]:
+    """The rows :func:`~csvgen.csvexport.combine.combine` would return, in batches.
+
+    Yields at least one batch (empty when there are no rows).
+
+    Raises:
+        MetricFailed: two records claim one cell.
+        TooLarge: more than ``max_rows`` rows (found while the rows come).
+    """
+    keys = key_names(plan)
+    parts, owners = split(plan, frames, keys)
+    check_parts(parts, owners, keys)
+    sources = sources_of(plan, keys)
+    groups = [finish(plan, g, sources, keys, names) for g in side_by_side(parts, keys)]
+    del parts, owners
+    work = tempfile.mkdtemp(prefix="csvgen-duckdb-", dir=spill_dir)
+    settings: dict[str, str | bool | int | float | list[str]] = {
+        "memory_limit": f"{max(memory_mb, MIN_MEMORY_MB)}MB",
+        "temp_directory": work,
+        "threads": 2,
+    }
+    try:
+        with duckdb.connect(config=settings) as con:
+            for n, group in enumerate(groups):
+                con.register(f"g{n}", group.to_arrow())
+            values = list(dict.fromkeys(c for g in groups for c in g.columns if c not in keys))
+            query = _query(len(groups), keys, values, sort_order(plan, sources, keys))
+            del groups
+            reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
+            rows = 0
+            for batch in reader:
+                rows += batch.num_rows
+                if max_rows is not None and rows > max_rows:
+                    raise TooLarge(f"the export has over {max_rows} rows; the limit is {max_rows}")
+                yield _frame(batch).select(output(sources, keys))
+            if rows == 0:
+                yield _frame(reader.schema.empty_table()).select(output(sources, keys))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _query(count: int, keys: list[str], values: list[str], order: list[str]) -> str:
+    """SQL for the sorted rows of ``count`` registered parts ``g0…``.
+
+    Parts with unique keys stacked and grouped by the key are their full outer join
+    (a GROUP BY puts nulls together: nulls are equal, as in memory); each value
+    column comes from one part, so ``any_value`` (the first non-null) is its value.
+    """
+    q = _quoted
+    if count == 1:
+        source = "g0"
+        columns = [*map(q, keys), *map(q, values)]
+        group = ""
+    else:
+        source = "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM g{n}" for n in range(count)) + ")"
+        columns = [*map(q, keys), *(f"any_value({q(v)}) AS {q(v)}" for v in values)]
+        group = " GROUP BY " + ", ".join(map(q, keys))
+    # Like polars' sort on several columns (a float column always comes with the key):
+    # -0.0 and 0.0 are equal, NaN after every number, nulls last.
+    sort = [f"{q(c)} ASC NULLS LAST" for c in order]
+    return f"SELECT {', '.join(columns)} FROM {source}{group} ORDER BY {', '.join(sort)}"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _frame(batch: Any) -> pl.DataFrame:
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
