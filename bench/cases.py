@@ -57,6 +57,52 @@ def big(data: DataSet) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: The huge case: the big case's 1,000 locations four times over (ids differing in their
+#: first character), 8,760,000 rows.
+HUGE_TILES = "6789"
+
+
+def tiled(entity: str, tile: str) -> str:
+    return tile + entity[1:]
+
+
+def huge(data: DataSet) -> dict[str, Any]:
+    """The big export for 4,000 locations: 4,000 × 365 days × 6 rows, 8.76M rows."""
+    body = big(data)
+    for metric in body["metricRequests"]:
+        metric["entities"] = [tiled(e, t) for t in HUGE_TILES for e in metric["entities"]]
+    return body
+
+
+def generate_huge(data: DataSet) -> None:
+    """The huge case's answers, made from the big case's in seconds: each big answer's
+    records four times, the location ids changed per copy (the stand-in's values for
+    the first 1,000 locations, under 4,000 ids)."""
+    folder = DATA_DIR / "huge"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = huge(data)
+    (folder / "request-0.json").write_bytes(orjson.dumps(body))
+    by_id = {m.metric_id: m for m in make_plan(big(data)).metrics}
+    for metric in make_plan(body).metrics:
+        path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+        if path.exists():
+            continue
+        small_one = by_id[metric.metric_id]
+        source = (DATA_DIR / "big" / f"{fingerprint(small_one.route, small_one.body)}.json")
+        data_ = source.read_bytes()
+        opening = b'"segments":['
+        first = data_.index(opening) + len(opening)
+        last = data_.rindex(b"]")
+        records = data_[first:last]
+        copies = [
+            records.replace(b'"location":"6', b'"location":"' + t.encode()) for t in HUGE_TILES
+        ]
+        path.write_bytes(data_[:first] + b",".join(copies) + data_[last:])
+        print(f"  huge: {metric.metric_id} {path.stat().st_size / 1e6:.0f} MB", flush=True)
+    meta = {"routes": [m.route for m in make_plan(body).metrics]}
+    (folder / "request-0.meta.json").write_text(json.dumps(meta))
+
+
 def medium(data: DataSet, offset: int) -> dict[str, Any]:
     """50 locations × 365 days, 3 metrics: 18,250 rows."""
     ids = [loc.id for loc in data.locations[offset : offset + 50]]
@@ -114,6 +160,7 @@ def ensure_data() -> None:
     generate("small", [small()], data)
     generate("medium", [medium(data, 50 * k) for k in range(20)], data)
     generate("big", [big(data)], data)
+    generate_huge(data)
 
 
 if __name__ == "__main__":

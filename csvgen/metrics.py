@@ -60,6 +60,10 @@ class AnswerBudget:
         self.used += n
         return self.used <= self.limit
 
+    def give_back(self, n: int) -> None:
+        """Uncount ``n`` bytes (an answer read again: its first reading is not counted twice)."""
+        self.used -= n
+
     def error(self) -> TooLarge:
         return TooLarge(
             f"the metric answers of this export passed {self.limit} bytes; "

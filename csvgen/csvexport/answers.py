@@ -24,10 +24,9 @@ writer takes the mark off and applies formula safety to those cells only.
 from __future__ import annotations
 
 import io
-import tempfile
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import polars as pl
@@ -39,6 +38,7 @@ __all__ = [
     "SMALL_ANSWER_BYTES",
     "TEXT_MARK",
     "AnswerReader",
+    "ReadAgain",
     "Schema",
     "number_text",
     "schema",
@@ -103,6 +103,11 @@ def to_frame(
         raise UpstreamError(f"the {facet} records cannot be read") from None
 
 
+class ReadAgain(Exception):
+    """The streaming reader cannot trust what it has read: ask for the answer again and
+    read it whole (``AnswerReader(..., whole=True)``)."""
+
+
 class AnswerReader:
     """One answer's records, read as its parts arrive: the streaming form of :func:`to_frame`.
 
@@ -112,14 +117,17 @@ class AnswerReader:
     and at most one batch of raw text, whatever the answer's size:
 
     - an answer of at most ``SMALL_ANSWER_BYTES`` is kept and read whole at the end;
-    - a bigger one is copied, part by part, to an unnamed temporary file in
-      ``spill_dir`` (gone when closed, even if the process dies) and, when the plan
-      names the fields it reads, cut into records at ``},{`` and read by polars
-      ``BATCH_BYTES`` at a time, with the raw bytes released as soon as read;
-    - whenever the fast path cannot be trusted (no array opening in the first
-      64 KiB, a batch that polars cannot read with the expected types, a rest of
-      the document that is not the plain shape, no named fields), the answer is read
-      again from the copy by the exact reader (``to_frame``), as it always was.
+    - a bigger one, when the plan names the fields it reads, is cut into records at
+      ``},{`` and read by polars ``BATCH_BYTES`` at a time, the raw text released as
+      soon as read;
+    - an answer without named fields, or without its records' array in the first
+      64 KiB, is kept whole and read at the end by ``to_frame`` (``whole=True`` does
+      that from the start);
+    - when what was released cannot be trusted after all (a batch that polars cannot
+      read with the expected types, an end of the document that is not the plain
+      shape), ``feed`` or ``finish`` raises :class:`ReadAgain`: the caller asks for the
+      answer again and reads it whole, exactly, as it always was. Answers of the
+      usual shape never pay for that fallback; odd ones pay a second request.
 
     A wrong cut (``},{`` inside a string or a nested array) always leaves an invalid
     line, so each batch that reads starts and ends on a record's boundary.
@@ -130,8 +138,8 @@ class AnswerReader:
         facet: str,
         fields: Schema | None,
         mixed: set[str] | None = None,
-        spill_dir: str | None = None,
         *,
+        whole: bool = False,
         small: int = SMALL_ANSWER_BYTES,
         batch: int = BATCH_BYTES,
     ) -> None:
@@ -139,94 +147,80 @@ class AnswerReader:
         self.small, self.batch = small, batch
         self.fields = dict(fields) if fields else None
         self.mixed = mixed
-        self.spill_dir = spill_dir
         self._opening = b'"' + facet.encode() + b'":['
-        self._held: list[bytes] = []  # a small answer's parts, until it grows
+        self._held: list[bytes] = []  # parts kept: a small answer, or one read whole
         self._held_size = 0
-        self._copy: IO[bytes] | None = None  # the raw answer, for the exact reader
-        self._exact = not self.fields  # read the copy whole at the end
+        self._whole = whole or not self.fields
+        self._streaming = False
         self._head: bytes | None = None  # the document up to and including "facet":[
-        self._rest = b""  # unread text: from the start, or from a record's start
+        self._rest = b""  # unread text, from a record's start (replaced: see _read)
         self._frames: list[pl.DataFrame] = []
 
     def feed(self, parts: list[bytes]) -> None:
-        if self._copy is None:
+        """Take the next parts.
+
+        Raises:
+            ReadAgain: a batch did not read.
+        """
+        if not self._streaming:
             self._held += parts
             self._held_size += sum(map(len, parts))
-            if self._held_size <= self.small:
+            if self._whole or self._held_size <= self.small:
                 return
-            # Closed by close(), which the caller always calls (finish calls it too).
-            self._copy = tempfile.TemporaryFile(dir=self.spill_dir, prefix="csvgen-answer-")  # noqa: SIM115
-            parts, self._held = self._held, []
-        for part in parts:
-            self._copy.write(part)
-        if self._exact:
-            return
-        data = self._rest + b"".join(parts)
-        if self._head is None:
+            data = b"".join(self._held)
             at = data.find(self._opening)
             if at < 0:
-                self._rest = data
-                self._exact = len(data) > _MAX_HEAD
+                self._whole = len(data) > _MAX_HEAD  # else: look again with more
                 return
+            self._held, self._streaming = [], True
             first = at + len(self._opening)
-            self._head, data = data[:first], data[first:]
-        self._rest = data
-        if len(data) >= self.batch:
-            cut = data.rfind(b"},{")
+            self._head = data[:first]
+            parts = [data[first:]]
+        self._rest = (self._rest + b"".join(parts)).replace(b"},{", b"}\n{")
+        if len(self._rest) >= self.batch:
+            cut = self._rest.rfind(b"}\n{")
             if cut >= 0:
-                self._rest = data[cut + 2 :]
-                self._read(data[: cut + 1])
+                lines, self._rest = self._rest[: cut + 1], self._rest[cut + 2 :]
+                self._read(lines)
 
     def finish(self) -> pl.DataFrame:
         """The answer's records.
 
         Raises:
             UpstreamError: as :func:`to_frame`.
+            ReadAgain: the end of the answer is not the plain shape.
         """
-        if self._copy is None:
-            return to_frame(self._held, self.facet, self.fields, self.mixed)
-        frame = None if self._exact else self._last()
-        if frame is not None:
-            return frame
-        self._copy.seek(0)
-        data = self._copy.read()
-        self.close()
-        return to_frame(data, self.facet, self.fields, self.mixed)
-
-    def close(self) -> None:
-        """Drop everything held (the copy's file goes with it)."""
-        if self._copy is not None:
-            self._copy.close()
-        self._held, self._rest, self._frames = [], b"", []
-
-    def _last(self) -> pl.DataFrame | None:
-        """The last records and the rest of the document, when it has the plain shape."""
+        if not self._streaming:
+            parts, self._held = self._held, []
+            return to_frame(parts, self.facet, self.fields, self.mixed)
         data, self._rest = self._rest, b""
         end = data.rfind(b"}]")
-        if self._head is None or end < 0:
-            return None
+        assert self._head is not None
         try:
-            rest: Any = orjson.loads(self._head + data[end + 1 :])
+            rest: Any = orjson.loads(self._head + data[end + 1 :]) if end >= 0 else None
         except orjson.JSONDecodeError:
-            return None
+            rest = None
         if not isinstance(rest, dict) or rest.get(self.facet) != [] or "error" in rest:
-            return None
+            raise ReadAgain
         self._read(data[: end + 1])
-        if self._exact:
-            return None
         frames, self._frames = self._frames, []
-        self.close()
         return pl.concat(frames, rechunk=True)
 
-    def _read(self, records: bytes) -> None:
-        """One batch of whole records, ``{…},{…}``, into a frame (else: exact from now on)."""
+    def close(self) -> None:
+        """Drop everything held."""
+        self._held, self._rest, self._frames = [], b"", []
+
+    def _read(self, lines: bytes) -> None:
+        """Whole records, one a line, into a frame.
+
+        The text was cut into lines (``},{`` → ``}\\n{``) as it came; a batch is
+        4 MiB, so each ``replace`` holds the GIL a few milliseconds only."""
         assert self.fields is not None
         try:
-            lines = _ndjson(records, 0, len(records))
             self._frames.append(pl.read_ndjson(lines, schema=self.fields))
         except pl.exceptions.PolarsError:
-            self._exact, self._rest, self._frames = True, b"", []
+            self.close()
+            raise ReadAgain from None
 
 
 def schema(reads: Iterable[tuple[str, str]] | None) -> Schema | None:

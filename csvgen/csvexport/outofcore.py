@@ -20,6 +20,7 @@ when the export ends, whatever the outcome.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Generator, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from ..errors import TooLarge
+from ..errors import StorageFailed, TooLarge
 from .combine import (
     check_parts,
     finish,
@@ -45,6 +46,7 @@ __all__ = ["BATCH_ROWS", "batches"]
 
 #: DuckDB's memory limit is the budget, but never under this (it needs some to work).
 MIN_MEMORY_MB = 64
+SPILL_FAILED = "the export could not spill to disk: the spill directory is full or gone"
 #: Rows written at a time.
 BATCH_ROWS = 256 * 1024
 
@@ -94,6 +96,14 @@ def batches(
                 yield _frame(batch).select(output(sources, keys))
             if rows == 0:
                 yield _frame(reader.schema.empty_table()).select(output(sources, keys))
+    except duckdb.OutOfMemoryException:
+        if not os.path.isdir(work):  # it could not spill: its directory is gone
+            raise StorageFailed(SPILL_FAILED) from None
+        raise TooLarge(
+            f"the export does not fit in its memory budget ({memory_mb} MB) even out of core"
+        ) from None
+    except duckdb.IOException:  # the spill directory is full (DuckDB's text names it)
+        raise StorageFailed(SPILL_FAILED) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

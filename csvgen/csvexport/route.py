@@ -48,7 +48,7 @@ from ..metrics import AnswerBudget, AnswerSink
 from ..routes import Job
 from ..stores import ObjectStore, content_disposition
 from . import outofcore
-from .answers import BATCH_BYTES, AnswerReader, Schema, schema
+from .answers import BATCH_BYTES, AnswerReader, ReadAgain, Schema, schema
 from .combine import combine, in_memory_cost
 from .csvwrite import CsvWriter, WriteResult, spreadsheet_warnings
 from .dialects import DIALECTS
@@ -301,32 +301,51 @@ class CsvExport:
         fields: Schema | None,
         mixed: set[str],
     ) -> pl.DataFrame:
-        """One metric request's records, read as its answer arrives (answers.py)."""
-        inbox = _Inbox()
-        spill = self.settings.spill_dir
+        """One metric request's records, read as its answer arrives (answers.py).
 
-        async def fetch() -> None:
-            await self.metrics.request_into("metric", metric.route, metric.body, inbox, budget)
-            inbox.close()
-
+        An answer the streaming reader cannot trust is asked for again and read whole
+        (its first reading's bytes do not count against the budget twice).
+        """
         timeout = self.settings.metric_timeout_s
         try:
             async with asyncio.timeout(timeout):
+                inbox = _Inbox()
                 try:
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(fetch())
-                        reading = tg.create_task(
-                            _read(inbox, lambda: AnswerReader(facet, fields, mixed, spill))
-                        )
-                except ExceptionGroup as group:
-                    raise group.exceptions[0] from None
-            return reading.result()
+                    return await self._fetch(
+                        metric, budget, inbox, lambda: AnswerReader(facet, fields, mixed)
+                    )
+                except ReadAgain:
+                    logger.info("the answer of %s is read again, whole", echo(metric.metric_id))
+                    budget.give_back(inbox.fed)
+                    return await self._fetch(
+                        metric,
+                        budget,
+                        _Inbox(),
+                        lambda: AnswerReader(facet, fields, mixed, whole=True),
+                    )
         except TimeoutError:
             raise MetricTimeout(metric.metric_id, timeout) from None
         except UpstreamError as exc:
             raise MetricFailed(metric.metric_id, exc.message) from None
-        except OSError as exc:  # the spill directory is full or gone
-            raise _disk_error("the answers", exc) from None
+
+    async def _fetch(
+        self,
+        metric: MetricPlan,
+        budget: AnswerBudget,
+        inbox: _Inbox,
+        new_reader: Callable[[], AnswerReader],
+    ) -> pl.DataFrame:
+        async def fetch() -> None:
+            await self.metrics.request_into("metric", metric.route, metric.body, inbox, budget)
+            inbox.close()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fetch())
+                reading = tg.create_task(_read(inbox, new_reader))
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return reading.result()
 
     async def _reference_data(
         self, plan: ExportPlan, budget: AnswerBudget
@@ -382,6 +401,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.size = 0
+        self.fed = 0  # bytes, every attempt
         self.generation = 0  # counts restarts: parts of an earlier attempt are dropped
         self.done = False
         self._wake = asyncio.Event()  # a batch is there (or the end)
@@ -391,6 +411,7 @@ class _Inbox:
     def feed(self, part: bytes) -> None:
         self.parts.append(part)
         self.size += len(part)
+        self.fed += len(part)
         if self.size >= BATCH_BYTES:
             self._wake.set()
             self._room.clear()
