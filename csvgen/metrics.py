@@ -42,6 +42,7 @@ __all__ = ["AnswerBudget", "AnswerSink", "MetricsClient"]
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+MAX_QUEUED = 2
 
 
 class _ConnectionLost(Exception):
@@ -235,7 +236,9 @@ class MetricsClient:
 
     async def _connect_loop(self) -> None:
         url = self.settings.metrics_url
-        options = connect_options(self.settings, url)
+        # Frames websockets queues while a full sink holds the link (backpressure): at most
+        # MAX_QUEUED of them, so memory holds a few parts, not sixteen (its default).
+        options = {**connect_options(self.settings, url), "max_queue": MAX_QUEUED}
         async for ws in connect(with_token(url, self.settings.metrics_token), **options):
             logger.info("connected to the metrics API at %s", redact_url(url))
             self._ws = ws

@@ -204,7 +204,7 @@ class AnswerReader:
             raise ReadAgain
         self._read(data[: end + 1])
         frames, self._frames = self._frames, []
-        return pl.concat(frames, rechunk=True)
+        return pl.concat(frames, rechunk=False)
 
     def close(self) -> None:
         """Drop everything held."""

@@ -98,16 +98,21 @@ def key_names(plan: ExportPlan) -> list[str]:
 
 
 def split(
-    plan: ExportPlan, frames: Sequence[pl.DataFrame], keys: list[str]
+    plan: ExportPlan, frames: Sequence[pl.DataFrame], keys: list[str], *, consume: bool = False
 ) -> tuple[list[pl.DataFrame], list[tuple[MetricPlan, ColumnSpec]]]:
     """Every metric request's records as parts (the key, then value columns) and whose
-    records each part holds."""
+    records each part holds. ``consume``: each frame of ``frames`` (a list) is dropped
+    from it once its parts are made, so that an answer and its parts are not all held
+    at once."""
     parts: list[pl.DataFrame] = []
     owners: list[tuple[MetricPlan, ColumnSpec]] = []
-    for m, (metric, frame) in enumerate(zip(plan.metrics, frames, strict=True)):
-        for part, column in _parts(plan, m, metric, frame, keys):
+    for m, metric in enumerate(plan.metrics):
+        for part, column in _parts(plan, m, metric, frames[m], keys):
             parts.append(part)
             owners.append((metric, column))
+        if consume:
+            assert isinstance(frames, list)
+            frames[m] = pl.DataFrame()
     return parts, owners
 
 

@@ -9,7 +9,8 @@ same and so are the bytes:
 
 - the parts (keys and values of each metric request) are made, checked for a key
   twice and finished (entity names, values as written) by polars, as in memory;
-- DuckDB stacks them and groups them by the row key (a full outer join of parts
+- the keys go to DuckDB as the ranks of their texts (byte order), small integers;
+- DuckDB stacks the parts and groups them by the row key (a full outer join of parts
   whose keys are unique, nulls equal), then sorts with polars' order: ascending,
   nulls last, text by bytes, ``-0.0`` equal to ``0.0``, NaN after every number;
 - the sorted rows come back in batches, which the CSV writer writes one by one.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import duckdb
@@ -53,7 +54,7 @@ BATCH_ROWS = 256 * 1024
 
 def batches(
     plan: ExportPlan,
-    frames: Sequence[pl.DataFrame],
+    frames: list[pl.DataFrame],
     names: Mapping[str, str] | None,
     *,
     memory_mb: int,
@@ -62,6 +63,7 @@ def batches(
 ) -> Generator[pl.DataFrame]:
     """The rows :func:`~csvgen.csvexport.combine.combine` would return, in batches.
 
+    Each frame of ``frames`` is dropped from it once its parts are made (memory).
     Yields at least one batch (empty when there are no rows).
 
     Raises:
@@ -69,14 +71,17 @@ def batches(
         TooLarge: more than ``max_rows`` rows (found while the rows come).
     """
     keys = key_names(plan)
-    parts, owners = split(plan, frames, keys)
+    parts, owners = split(plan, frames, keys, consume=True)
     check_parts(parts, owners, keys)
     sources = sources_of(plan, keys)
     groups = [finish(plan, g, sources, keys, names) for g in side_by_side(parts, keys)]
     del parts, owners
+    groups, texts = _ranked(groups, keys)
+    # DuckDB gets what the parts, held in memory while it reads them, leave of the budget.
+    held = sum(int(g.estimated_size()) for g in groups) // 2**20
     work = tempfile.mkdtemp(prefix="csvgen-duckdb-", dir=spill_dir)
     settings: dict[str, str | bool | int | float | list[str]] = {
-        "memory_limit": f"{max(memory_mb, MIN_MEMORY_MB)}MB",
+        "memory_limit": f"{max(memory_mb - held, MIN_MEMORY_MB)}MB",
         "temp_directory": work,
         "threads": 2,
     }
@@ -93,9 +98,10 @@ def batches(
                 rows += batch.num_rows
                 if max_rows is not None and rows > max_rows:
                     raise TooLarge(f"the export has over {max_rows} rows; the limit is {max_rows}")
-                yield _frame(batch).select(output(sources, keys))
+                yield _texts(_frame(batch), texts).select(output(sources, keys))
             if rows == 0:
-                yield _frame(reader.schema.empty_table()).select(output(sources, keys))
+                empty = _frame(reader.schema.empty_table())
+                yield _texts(empty, texts).select(output(sources, keys))
     except duckdb.OutOfMemoryException:
         if not os.path.isdir(work):  # it could not spill: its directory is gone
             raise StorageFailed(SPILL_FAILED) from None
@@ -128,6 +134,41 @@ def _query(count: int, keys: list[str], values: list[str], order: list[str]) -> 
     # -0.0 and 0.0 are equal, NaN after every number, nulls last.
     sort = [f"{q(c)} ASC NULLS LAST" for c in order]
     return f"SELECT {', '.join(columns)} FROM {source}{group} ORDER BY {', '.join(sort)}"
+
+
+def _ranked(
+    groups: list[pl.DataFrame], keys: list[str]
+) -> tuple[list[pl.DataFrame], dict[str, pl.Series]]:
+    """Each key as the rank of its text in byte order (UInt32), and the texts by rank.
+
+    DuckDB then groups and sorts small integers, in the order polars sorts the text,
+    instead of converting millions of categorical values to text: the big export's
+    keys are a few thousand distinct texts."""
+    texts: dict[str, pl.Series] = {}
+    ranked = groups
+    for k in keys:
+        seen = pl.concat([g.get_column(k).unique() for g in groups]).cast(pl.String)
+        text = seen.unique().drop_nulls().sort()
+        codes = text.cast(pl.Categorical).to_physical()
+        ranks = pl.int_range(0, text.len(), dtype=pl.UInt32, eager=True)
+        texts[k] = text
+        ranked = [
+            g.with_columns(
+                pl.col(k).to_physical().replace_strict(codes, ranks, return_dtype=pl.UInt32)
+            )
+            for g in ranked
+        ]
+    return ranked, texts
+
+
+def _texts(batch: pl.DataFrame, texts: dict[str, pl.Series]) -> pl.DataFrame:
+    """The keys' texts back in place of their ranks."""
+    return batch.with_columns(
+        pl.col(k).replace_strict(
+            pl.int_range(0, t.len(), dtype=pl.UInt32, eager=True), t, return_dtype=pl.String
+        )
+        for k, t in texts.items()
+    )
 
 
 def _quoted(name: str) -> str:
