@@ -88,7 +88,7 @@ def generate_huge(data: DataSet) -> None:
         if path.exists():
             continue
         small_one = by_id[metric.metric_id]
-        source = (DATA_DIR / "big" / f"{fingerprint(small_one.route, small_one.body)}.json")
+        source = DATA_DIR / "big" / f"{fingerprint(small_one.route, small_one.body)}.json"
         data_ = source.read_bytes()
         opening = b'"segments":['
         first = data_.index(opening) + len(opening)

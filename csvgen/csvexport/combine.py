@@ -254,8 +254,16 @@ def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
 
 
 def _has_twice(table: pl.DataFrame, keys: list[str]) -> bool:
-    """Whether some key may be there twice (hashes: a collision says yes)."""
-    return bool(table.select(pl.struct(keys).hash().is_duplicated().any()).item())
+    """Whether some key may be there twice (hashes: a collision says yes).
+
+    The keys' hashes, sorted, then each against the next: two 8-byte columns, where
+    ``is_duplicated`` builds a hash table."""
+    if table.height < 2:
+        return False
+    # Categorical keys are hashed by their codes (text would be materialised to hash).
+    physical = pl.struct(pl.col(k).to_physical() for k in keys)
+    hashes = table.select(physical.hash().sort()).to_series()
+    return bool((hashes.slice(1) == hashes.slice(0, hashes.len() - 1)).any())
 
 
 def _same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import re
@@ -136,6 +137,7 @@ class CsvExport:
         started = self.now()
         clock = _Stages()
         answers, names, owner, mixed = await self._gather(plan)
+        await asyncio.to_thread(_give_back_memory)
         clock.lap("fetch")
         rows: Callable[[], Generator[pl.DataFrame]]
         budget = self.settings.memory_budget_mb
@@ -534,6 +536,25 @@ class _Stages:
     def fields(self, rid: str) -> dict[str, Any]:
         """For a JSON log line: the id and each stage's seconds."""
         return {"id": rid, "stages": {name: round(s, 6) for name, s in self.laps}}
+
+
+def _give_back_memory() -> None:
+    """Hand the heap pages of freed answer parts back to the system (glibc keeps them:
+    the huge benchmark export held 0.5 GB of them into its join; with this its peak
+    went from 1.58-1.61 GB to 1.42-1.45 GB). Elsewhere than glibc, nothing to do."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()
 
 
 def _single(table: pl.DataFrame) -> Generator[pl.DataFrame]:
