@@ -103,6 +103,36 @@ def generate_huge(data: DataSet) -> None:
     (folder / "request-0.meta.json").write_text(json.dumps(meta))
 
 
+#: Scaling cases: the big export for the first N of its locations (about 2,190 rows each).
+SCALING = {"rows-250k": 114, "rows-500k": 228, "rows-1m": 457, "rows-2m": 913}
+
+
+def ensure_scaling_data() -> None:
+    """The scaling cases' answers: the big answers' records of the first N locations, in
+    the same JSON shape (about 40 s the first time)."""
+    data = DataSet(locations=1000)
+    big_plan = make_plan(big(data))
+    for case, count in SCALING.items():
+        folder = DATA_DIR / case
+        folder.mkdir(parents=True, exist_ok=True)
+        body = big(data)
+        for metric in body["metricRequests"]:
+            metric["entities"] = metric["entities"][:count]
+        (folder / "request-0.json").write_bytes(orjson.dumps(body))
+        wanted = set(body["metricRequests"][0]["entities"])
+        for metric, source in zip(make_plan(body).metrics, big_plan.metrics, strict=True):
+            path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+            if path.exists():
+                continue
+            answer = orjson.loads(
+                (DATA_DIR / "big" / f"{fingerprint(source.route, source.body)}.json").read_bytes()
+            )
+            answer["segments"] = [r for r in answer["segments"] if r["location"] in wanted]
+            path.write_bytes(orjson.dumps(answer))
+        meta = {"routes": [m.route for m in make_plan(body).metrics]}
+        (folder / "request-0.meta.json").write_text(json.dumps(meta))
+
+
 def medium(data: DataSet, offset: int) -> dict[str, Any]:
     """50 locations × 365 days, 3 metrics: 18,250 rows."""
     ids = [loc.id for loc in data.locations[offset : offset + 50]]
