@@ -11,6 +11,7 @@ age, sorts, writes the CSV with ``to_csv`` and uploads it with boto3's
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -20,6 +21,12 @@ import pandas as pd
 
 from bench.cases import fingerprint
 from csvgen.csvexport.plan import make_plan
+
+# The baseline as it was measured in every earlier round: text in Python objects. Since
+# csvgen depends on pyarrow, pandas 3 would store text in pyarrow by default ("auto"),
+# which moved the baseline (2026-11-30, one run: 38.5-44.1 s and 2.39 GB instead of
+# about 32 s and 3.36 GB); bench/README.md gives both.
+pd.set_option("mode.string_storage", os.environ.get("BENCH_PANDAS_STRINGS", "python"))
 
 
 def main(case_dir: str, request_path: str, endpoint: str, bucket: str) -> None:

@@ -7,6 +7,7 @@ import gzip
 import logging
 import math
 import os
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,30 @@ def test_out_of_core_sorts_like_polars(
     assert out_of_core.equals(in_memory)  # row for row; NaN equals NaN here
     signs = [math.copysign(1, v) if v == 0 else None for v in out_of_core["c2"]]
     assert signs == [math.copysign(1, v) if v == 0 else None for v in in_memory["c2"]]
+
+
+def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> None:
+    """Cancelled (the writer stops at its next batch and closes the rows): DuckDB's work
+    directory is gone before the export ends; it exists only while rows come."""
+    plan = plan_sorted_by(0)
+    days = 300_000  # two batches of sorted rows
+    frame = pl.DataFrame(
+        {
+            "index": [f"{date(2000, 1, 1) + timedelta(days=d)}T00:00:00.000" for d in range(days)],
+            "location": [LOCATIONS[d % 3] for d in range(days)],
+            "entries": [float(d) for d in range(days)],
+            "note": [None] * days,
+        },
+        schema={
+            "index": pl.String,
+            "location": pl.String,
+            "entries": pl.Float64,
+            "note": pl.String,
+        },
+    )
+    rows = outofcore.batches(plan, [frame], None, memory_mb=64, spill_dir=str(tmp_path))
+    first = next(rows)
+    assert 0 < first.height < days  # more rows to come
+    assert [p.name.startswith("csvgen-duckdb-") for p in tmp_path.iterdir()] == [True]
+    rows.close()
+    assert os.listdir(tmp_path) == []
