@@ -45,19 +45,20 @@ def combine(
     names: Mapping[str, str] | None = None,
     *,
     max_rows: int | None = None,
+    consume: bool = False,
 ) -> pl.DataFrame:
     """The CSV's rows, sorted and ready to write: one column per CSV column.
 
     ``frames`` holds the records of each of ``plan.metrics``, in order. Formula
     safety is the writer's (csvwrite.py). outofcore.py does the same out of core,
-    from the same pieces.
+    from the same pieces. ``consume``: see :func:`split`.
 
     Raises:
         MetricFailed: two records claim one cell.
         TooLarge: more than ``max_rows`` rows.
     """
     keys = key_names(plan)
-    parts, owners = split(plan, frames, keys)
+    parts, owners = split(plan, frames, keys, consume=consume)
     groups = side_by_side(parts, keys)
     table = groups[0]
     for group in groups[1:]:

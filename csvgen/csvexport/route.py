@@ -143,7 +143,10 @@ class CsvExport:
         budget = self.settings.memory_budget_mb
         if in_memory_cost(answers) < budget * 1024 * 1024:
             table = await asyncio.to_thread(
-                combine, plan, answers, names, max_rows=self.settings.max_rows
+                functools.partial(combine, max_rows=self.settings.max_rows, consume=True),
+                plan,
+                answers,
+                names,
             )
             rows = functools.partial(_single, table)
             clock.lap("combine")
