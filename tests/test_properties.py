@@ -15,7 +15,7 @@ import polars as pl
 from hypothesis import given, strategies as st
 
 from csvgen.config import Settings
-from csvgen.csvexport.answers import schema, to_frame
+from csvgen.csvexport.answers import AnswerReader, ReadAgain, schema, to_frame
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.csvwrite import write_csv
 from csvgen.csvexport.dialects import DIALECTS
@@ -157,3 +157,49 @@ def test_any_upstream_records_give_a_csv_or_metric_failed(
         return
     assert isinstance(table, pl.DataFrame)
     assert out.getvalue().count(b"\r\n") >= 1
+
+
+def read_streamed(parts: list[bytes], fields: Any, mixed: set[str]) -> pl.DataFrame:
+    """As the route reads: as the parts come (tiny batches here), again whole if told to."""
+    reader = AnswerReader("segments", fields, mixed, small=32, batch=64)
+    try:
+        for part in parts:
+            reader.feed([part])
+        return reader.finish()
+    except ReadAgain:
+        mixed.clear()
+        again = AnswerReader("segments", fields, mixed, whole=True)
+        again.feed(parts)
+        return again.finish()
+
+
+@given(
+    st.lists(record(json_values), max_size=12),
+    st.lists(st.integers(0, 4000), max_size=8),
+    st.sampled_from([None, {"meta": {"n": "}]"}}, {"error": {"code": "x", "message": "y"}}]),
+)
+def test_any_answer_split_anywhere_gives_the_csv_of_the_whole_answer(
+    records: list[dict[str, Any]], cuts: list[int], extra: dict[str, Any] | None
+) -> None:
+    """Records of any values, cut into parts anywhere and read as they come: the same CSV
+    bytes (or the same error) as the answer in one part. (Which reader a part of the
+    answer goes through depends on its size, as in production; tiny thresholds here.)"""
+    data = orjson.dumps({"segments": records, **(extra or {})})
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    parts = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    plan = make_plan(seed())
+    fields = schema(plan.metrics[0].reads)
+
+    def csv(read: Any) -> bytes | str:
+        mixed: set[str] = set()
+        try:
+            table = combine(plan, [read(mixed)])
+        except (UpstreamError, MetricFailed) as exc:
+            return exc.message
+        out = io.BytesIO()
+        columns = {1} if "entries" in mixed else set()
+        write_csv([c.heading for c in plan.columns], table, out, mixed=columns)
+        return out.getvalue()
+
+    whole = csv(lambda mixed: read_streamed([data], fields, mixed))
+    assert csv(lambda mixed: read_streamed(parts, fields, mixed)) == whole
