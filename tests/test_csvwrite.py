@@ -55,3 +55,15 @@ def test_a_mark_in_upstream_text_does_not_make_a_column_mixed() -> None:
     data, mixed = written(table)
     assert data.split(b"\r\n")[2] == b"b,'=cmd()"
     assert mixed == ()
+
+
+def test_categorical_keys_are_written_and_escaped_like_text() -> None:
+    """Row keys reach the writer as categorical text: the same bytes and the same escapes."""
+    keys = ["=cmd()", "L1", None, "a,b", "+1"]
+    as_text = pl.DataFrame({"c0": keys, "c1": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    as_categorical = as_text.with_columns(pl.col("c0").cast(pl.Categorical))
+    out = io.BytesIO()
+    result = write_csv(["=h", "b"], as_categorical, out)
+    assert out.getvalue() == written(as_text)[0]
+    assert out.getvalue() == b"'=h,b\r\n'=cmd(),1\r\nL1,2\r\n,3\r\n\"a,b\",4\r\n'+1,5\r\n"
+    assert result.escaped == 3  # the heading and two keys

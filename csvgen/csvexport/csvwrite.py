@@ -170,14 +170,15 @@ def _safe(
 ) -> tuple[pl.DataFrame, tuple[int, ...], int]:
     """Formula safety for every text column: the safe table, the indices of the mixed
     columns among them, and how many cells were escaped."""
-    text = [n for n, dtype in enumerate(table.dtypes) if dtype == pl.String]
+    text = [n for n, dtype in enumerate(table.dtypes) if dtype in (pl.String, pl.Categorical)]
     if not text:
         return table, (), 0
     names = [table.columns[n] for n in text]
     marked = [n in mixed_columns for n in text]
     mixed = tuple(n for n, is_mixed in zip(text, marked, strict=True) if is_mixed)
+    categorical = {c for c in names if table.schema[c] == pl.Categorical}
     counts = table.select(
-        _formula(pl.col(c).str.slice(len(TEXT_MARK)) if is_mixed else pl.col(c))
+        _formula(pl.col(c).str.slice(len(TEXT_MARK)) if is_mixed else pl.col(c), c in categorical)
         .and_(pl.col(c).str.starts_with(TEXT_MARK) if is_mixed else pl.lit(True))
         .sum()
         .alias(c)
@@ -189,7 +190,9 @@ def _safe(
         (c, is_mixed) for c, is_mixed, n in zip(names, marked, counts, strict=True) if is_mixed or n
     ]
     safe = table.with_columns(
-        _mixed_safe(c, decimal_comma) if is_mixed else _safe_text(pl.col(c)).alias(c)
+        _mixed_safe(c, decimal_comma)
+        if is_mixed
+        else _safe_text(pl.col(c).cast(pl.String)).alias(c)
         for c, is_mixed in changed
     )
     return safe, mixed, int(sum(n or 0 for n in counts))
@@ -208,11 +211,15 @@ def _mixed_safe(name: str, decimal_comma: bool) -> pl.Expr:
     )
 
 
-def _formula(col: pl.Expr) -> pl.Expr:
-    """Whether text would be run as a formula by a spreadsheet."""
-    return pl.any_horizontal(col.str.starts_with(c) for c in FORMULA_STARTS)
+def _formula(col: pl.Expr, categorical: bool = False) -> pl.Expr:
+    """Whether text would be run as a formula by a spreadsheet (categorical text: checked
+    on its categories, without making a column of text)."""
+    text = col.cat if categorical else col.str
+    return pl.any_horizontal(text.starts_with(c) for c in FORMULA_STARTS)
 
 
 def _safe_text(col: pl.Expr) -> pl.Expr:
     """Text a spreadsheet would run as a formula gets a leading quote."""
-    return pl.when(_formula(col)).then(pl.lit("'") + col).otherwise(col)
+    return (
+        pl.when(_formula(col)).then(pl.lit("'") + col).otherwise(col).alias(col.meta.output_name())
+    )

@@ -98,10 +98,10 @@ def batches(
                 rows += batch.num_rows
                 if max_rows is not None and rows > max_rows:
                     raise TooLarge(f"the export has over {max_rows} rows; the limit is {max_rows}")
-                yield _texts(_frame(batch), texts).select(output(sources, keys))
+                yield _texts(_frame(batch), texts).select(output(sources))
             if rows == 0:
                 empty = _frame(reader.schema.empty_table())
-                yield _texts(empty, texts).select(output(sources, keys))
+                yield _texts(empty, texts).select(output(sources))
     except duckdb.OutOfMemoryException:
         if not os.path.isdir(work):  # it could not spill: its directory is gone
             raise StorageFailed(SPILL_FAILED) from None
@@ -167,6 +167,8 @@ def _texts(batch: pl.DataFrame, texts: dict[str, pl.Series]) -> pl.DataFrame:
         pl.col(k).replace_strict(
             pl.int_range(0, t.len(), dtype=pl.UInt32, eager=True), t, return_dtype=pl.String
         )
+        if t.len()
+        else pl.col(k).cast(pl.String)  # no text at all: every key is empty
         for k, t in texts.items()
     )
 
