@@ -209,3 +209,25 @@ def test_only_answers_it_cannot_trust_are_asked_for_again() -> None:
     assert not reads_again([doc(PLAIN)], fields=None)
     far = orjson.dumps({"meta": {"n": "x" * 70_000}, "segments": PLAIN * 12})
     assert not reads_again([far[i : i + 1000] for i in range(0, len(far), 1000)])
+
+
+def test_text_without_record_boundaries_is_not_rescanned_as_it_grows() -> None:
+    """Records separated by '}, {' never cut: past four batches the reader gives up (the
+    answer is read again whole) instead of joining and scanning ever more text per part."""
+    data = orjson.dumps({"segments": PLAIN * 200}).replace(b"},{", b"}, {")
+    parts = [data[i : i + 50] for i in range(0, len(data), 50)]
+    reader = AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH)
+    fed = 0
+    with pytest.raises(ReadAgain):
+        for part in parts:
+            fed += len(part)
+            reader.feed([part])
+    assert fed <= 6 * BATCH < len(data)  # it stopped early, holding a few batches at most
+    assert streamed(parts).equals(to_frame(data, "segments", FIELDS))  # read whole again
+
+
+def test_many_small_parts_are_cut_a_batch_at_a_time() -> None:
+    """Parts of a few bytes wait until a batch is there: the same table as one part."""
+    data = doc(PLAIN, copies=40)
+    parts = [data[i : i + 3] for i in range(0, len(data), 3)]
+    assert streamed(parts).equals(streamed([data]))

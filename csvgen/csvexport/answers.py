@@ -59,6 +59,8 @@ _CHUNK = 2 * 1024 * 1024
 #: answers read at once within tens of megabytes (16 MiB: 0.7-1.6 GB peak during the big
 #: export's fetch, 4 MiB: 0.55-0.65 GB, at the same speed).
 BATCH_BYTES = 4 * 1024 * 1024
+#: Text without a record boundary over this many batches is not read as it comes.
+_MAX_UNCUT_BATCHES = 4
 #: The streaming reader looks this far for the opening of the records' array.
 _MAX_HEAD = 64 * 1024
 
@@ -154,6 +156,8 @@ class AnswerReader:
         self._streaming = False
         self._head: bytes | None = None  # the document up to and including "facet":[
         self._rest = b""  # unread text, from a record's start (replaced: see _read)
+        self._pending: list[bytes] = []  # parts not yet cut (less than a batch)
+        self._pending_size = 0
         self._frames: list[pl.DataFrame] = []
 
     def feed(self, parts: list[bytes]) -> None:
@@ -176,12 +180,27 @@ class AnswerReader:
             first = at + len(self._opening)
             self._head = data[:first]
             parts = [data[first:]]
-        self._rest = (self._rest + b"".join(parts)).replace(b"},{", b"}\n{")
-        if len(self._rest) >= self.batch:
-            cut = self._rest.rfind(b"}\n{")
-            if cut >= 0:
-                lines, self._rest = self._rest[: cut + 1], self._rest[cut + 2 :]
-                self._read(lines)
+        self._pending += parts
+        self._pending_size += sum(map(len, parts))
+        if self._pending_size >= self.batch:
+            self._cut()
+
+    def _cut(self) -> None:
+        """Read the whole records of what came so far; keep the last, partial one.
+
+        Each byte is joined and scanned a bounded number of times, however small the
+        parts: they wait in ``_pending`` until a batch is there, and text without a
+        record boundary in ``_MAX_UNCUT_BATCHES`` batches (a huge record, or records not
+        separated by ``},{``) is not the plain shape: ReadAgain, not a growing rescan."""
+        self._rest = (self._rest + b"".join(self._pending)).replace(b"},{", b"}\n{")
+        self._pending, self._pending_size = [], 0
+        cut = self._rest.rfind(b"}\n{")
+        if cut >= 0:
+            lines, self._rest = self._rest[: cut + 1], self._rest[cut + 2 :]
+            self._read(lines)
+        elif len(self._rest) > _MAX_UNCUT_BATCHES * self.batch:
+            self.close()
+            raise ReadAgain
 
     def finish(self) -> pl.DataFrame:
         """The answer's records.
@@ -193,7 +212,9 @@ class AnswerReader:
         if not self._streaming:
             parts, self._held = self._held, []
             return to_frame(parts, self.facet, self.fields, self.mixed)
-        data, self._rest = self._rest, b""
+        pending, self._pending = self._pending, []
+        data = (self._rest + b"".join(pending)).replace(b"},{", b"}\n{")
+        self._rest = b""
         end = data.rfind(b"}]")
         assert self._head is not None
         try:
@@ -208,7 +229,8 @@ class AnswerReader:
 
     def close(self) -> None:
         """Drop everything held."""
-        self._held, self._rest, self._frames = [], b"", []
+        self._held, self._rest, self._frames, self._pending = [], b"", [], []
+        self._pending_size = 0
 
     def _read(self, lines: bytes) -> None:
         """Whole records, one a line, into a frame.
