@@ -137,12 +137,13 @@ class CsvExport:
         started = self.now()
         clock = _Stages()
         answers, names, owner, mixed = await self._gather(plan)
-        if in_memory_cost(answers) > TRIM_AFTER_BYTES:  # a small export skips the 2-3 ms
+        cost = in_memory_cost(answers)
+        if cost > TRIM_AFTER_BYTES:  # a small export skips the 2-3 ms
             await asyncio.to_thread(_give_back_memory)
         clock.lap("fetch")
         rows: Callable[[], Generator[pl.DataFrame]]
         budget = self.settings.memory_budget_mb
-        if in_memory_cost(answers) < budget * 1024 * 1024:
+        if cost < budget * 1024 * 1024:
             table = await asyncio.to_thread(
                 functools.partial(combine, max_rows=self.settings.max_rows, consume=True),
                 plan,
@@ -150,6 +151,7 @@ class CsvExport:
                 names,
             )
             rows = functools.partial(_single, table)
+            del table  # held by rows until written
             clock.lap("combine")
         else:  # out of core: combined and sorted while written (outofcore.py)
             logger.info("out of core id=%s: the answers' records cost more than %d MB", rid, budget)
@@ -170,6 +172,7 @@ class CsvExport:
         with _spill_file(self.settings.spill_dir) as f:
             with _disk_errors("the CSV"):
                 written, count, types = await _write(plan, rows, f, mixed)
+            del rows  # the table is not needed during the upload
             clock.lap("write")
             if written.size > self.settings.max_bytes:
                 raise TooLarge(
