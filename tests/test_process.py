@@ -20,19 +20,24 @@ from tests.test_export_errors import entries_answer, request
 TOKEN = "tok-do-not-log-4711"
 
 
+def worker_env(bus: FakeBus, metrics: FakeMetrics, s3: S3Server, **extra: str) -> dict[str, Any]:
+    """A worker's environment against the fakes and moto's S3, plus ``extra``."""
+    return child_env(
+        CSVGEN_BUS_URL=bus.uri,
+        CSVGEN_BUS_TOKEN=TOKEN,
+        CSVGEN_METRICS_URL=metrics.uri,
+        AWS_ENDPOINT_URL_S3=s3.endpoint,
+        **extra,
+    )
+
+
 async def test_sigterm_drains_then_exits_zero(
     bus: FakeBus, metrics: FakeMetrics, s3: S3Server
 ) -> None:
     """SIGTERM mid-export: the export is answered, a new request is refused, close 1001, exit 0."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
     metrics.hold.clear()
-    env = child_env(
-        CSVGEN_BUS_URL=bus.uri,
-        CSVGEN_BUS_TOKEN=TOKEN,
-        CSVGEN_METRICS_URL=metrics.uri,
-        CSVGEN_LOG_LEVEL="DEBUG",
-        AWS_ENDPOINT_URL_S3=s3.endpoint,
-    )
+    env = worker_env(bus, metrics, s3, CSVGEN_LOG_LEVEL="DEBUG")
     worker = await Child("run", env=env).start()
     try:
         await bus.send(request("slow"))
@@ -169,13 +174,7 @@ async def test_json_log_lines_all_parse_and_carry_the_export(
 ) -> None:
     """CSVGEN_LOG_FORMAT=json: every line is one JSON object; the export line has its fields."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    env = child_env(
-        CSVGEN_BUS_URL=bus.uri,
-        CSVGEN_BUS_TOKEN=TOKEN,
-        CSVGEN_METRICS_URL=metrics.uri,
-        CSVGEN_LOG_FORMAT="json",
-        AWS_ENDPOINT_URL_S3=s3.endpoint,
-    )
+    env = worker_env(bus, metrics, s3, CSVGEN_LOG_FORMAT="json")
     worker = await Child("run", env=env).start()
     try:
         await bus.send(request("j1"))
