@@ -284,7 +284,7 @@ async def test_file_over_the_byte_limit_is_too_large(
         _, payload = await bus.reply()
     assert payload["error"]["code"] == "too_large"
     size = len(b"Date,Entries\r\n") + 5 * len(b"2024-01-01,100\r\n")
-    assert payload["error"]["message"] == f"the export is {size} bytes; the limit is 40"
+    assert payload["error"]["message"] == f"the export is at least {size} bytes; the limit is 40"
     assert "Contents" not in s3.client().list_objects_v2(Bucket="aura-exports")
 
 

@@ -157,6 +157,11 @@ class CsvWriter:
                 decimal_comma=self.dialect.decimal_comma,
             )
 
+    @property
+    def size(self) -> int:
+        """The bytes the sink has had so far (compressed, with gzip)."""
+        return self._hashing.size
+
     def close(self) -> WriteResult:
         """Finish the file (the gzip trailer); the sink stays open."""
         if self.compress:

@@ -171,13 +171,9 @@ class CsvExport:
         name = plan.metrics[0].name if plan.metrics else ""
         with _spill_file(self.settings.spill_dir) as f:
             with _disk_errors("the CSV"):
-                written, count, types = await _write(plan, rows, f, mixed)
+                written, count, types = await _write(plan, rows, f, mixed, self.settings.max_bytes)
             del rows  # the table is not needed during the upload
             clock.lap("write")
-            if written.size > self.settings.max_bytes:
-                raise TooLarge(
-                    f"the export is {written.size} bytes; the limit is {self.settings.max_bytes}"
-                )
             stored = await self.storage.put_new(
                 stem,
                 extension,
@@ -573,12 +569,19 @@ def _single(table: pl.DataFrame) -> Generator[pl.DataFrame]:
 
 
 async def _write(
-    plan: ExportPlan, rows: Callable[[], Generator[pl.DataFrame]], f: IO[bytes], mixed: set[int]
+    plan: ExportPlan,
+    rows: Callable[[], Generator[pl.DataFrame]],
+    f: IO[bytes],
+    mixed: set[int],
+    max_bytes: int,
 ) -> tuple[WriteResult, int, list[tuple[str, int]]]:
     """Write the CSV in a worker thread, a batch of rows at a time; with the row count and
-    the columns' types for the manifest. Cancelled, the thread stops at its next batch."""
+    the columns' types for the manifest. Cancelled, or past ``max_bytes``
+    (``CSVGEN_MAX_BYTES``: too_large), the thread stops at its next batch."""
     stop = threading.Event()
-    work = asyncio.ensure_future(asyncio.to_thread(_write_rows, plan, rows, f, mixed, stop))
+    work = asyncio.ensure_future(
+        asyncio.to_thread(_write_rows, plan, rows, f, mixed, max_bytes, stop)
+    )
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -593,6 +596,7 @@ def _write_rows(
     rows: Callable[[], Generator[pl.DataFrame]],
     f: IO[bytes],
     mixed: set[int],
+    max_bytes: int,
     stop: threading.Event,
 ) -> tuple[WriteResult, int, list[tuple[str, int]]]:
     headings = [c.heading for c in plan.columns]
@@ -604,9 +608,15 @@ def _write_rows(
             if stop.is_set():
                 raise asyncio.CancelledError
             writer.write(batch)
+            if writer.size > max_bytes:
+                raise TooLarge(
+                    f"the export is at least {writer.size} bytes; the limit is {max_bytes}"
+                )
             kinds = column_types(plan, batch)
             types = kinds if types is None else merge_types(types, kinds)
     result = writer.close()
+    if result.size > max_bytes:  # the gzip trailer
+        raise TooLarge(f"the export is {result.size} bytes; the limit is {max_bytes}")
     f.flush()
     assert types is not None  # every source yields a batch, maybe empty
     return result, writer.rows, types
