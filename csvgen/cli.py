@@ -17,6 +17,18 @@ logger = logging.getLogger("csvgen")
 
 #: polars' allocator settings for the worker (see _run).
 JEMALLOC = "background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0"
+#: What polars writes into ``_RJEM_MALLOC_CONF`` when it is imported (polars/__init__.py):
+#: a process started by one that imported polars inherits it.
+POLARS_JEMALLOC = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+
+
+def allocator_settings(inherited: str) -> str:
+    """csvgen's jemalloc settings, then the operator's (jemalloc: the last one wins).
+
+    polars' own, passed down by a parent process that imported polars (a test, the
+    benchmark, the stand-in's demo), are not an operator's choice and are dropped."""
+    operator = inherited.removeprefix(POLARS_JEMALLOC).lstrip(",")
+    return ",".join(filter(None, [JEMALLOC, operator]))
 
 
 def _flag(name: str) -> str:
@@ -78,8 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     # of 10 s, from a background thread rather than in the allocating threads. An export
     # frees hundreds of megabytes of answers and parts while it builds the next ones. The
     # big benchmark export peaked at 0.81-0.88 GB with a 1 s decay, 0.67-0.68 GB with this,
-    # and ran no slower (bench/README.md). An operator's own setting wins.
-    os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC)
+    # and ran no slower (bench/README.md). An operator's own setting comes after, so it wins.
+    os.environ["_RJEM_MALLOC_CONF"] = allocator_settings(os.environ.get("_RJEM_MALLOC_CONF", ""))
     from . import logs, worker
     from .app import build_router
 

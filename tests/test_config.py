@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from csvgen.cli import JEMALLOC, POLARS_JEMALLOC, allocator_settings
 from csvgen.config import Settings, is_loopback_url, redact_url, unknown_variables
 from csvgen.errors import ConfigError
 
@@ -166,3 +167,18 @@ def test_the_spill_directory_must_exist_and_be_writable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError):
         Settings.from_env({**env, "CSVGEN_SPILL_DIR": str(tmp_path / "file")})
+
+
+@pytest.mark.parametrize(
+    ("inherited", "expected"),
+    [
+        ("", JEMALLOC),
+        # passed down by a parent that imported polars: not the operator's choice
+        (POLARS_JEMALLOC, JEMALLOC),
+        (POLARS_JEMALLOC + ",narenas:2", JEMALLOC + ",narenas:2"),
+        # the operator's own comes last, so jemalloc takes it over csvgen's
+        ("dirty_decay_ms:5000", JEMALLOC + ",dirty_decay_ms:5000"),
+    ],
+)
+def test_polars_allocator_settings(inherited: str, expected: str) -> None:
+    assert allocator_settings(inherited) == expected
