@@ -151,7 +151,7 @@ def _ranked(
         text = seen.unique().drop_nulls().sort()
         codes = text.cast(pl.Categorical).to_physical()
         ranks = pl.int_range(0, text.len(), dtype=pl.UInt32, eager=True)
-        texts[k] = text
+        texts[k] = text.cast(pl.Categorical)
         ranked = [
             g.with_columns(
                 pl.col(k).to_physical().replace_strict(codes, ranks, return_dtype=pl.UInt32)
@@ -162,14 +162,13 @@ def _ranked(
 
 
 def _texts(batch: pl.DataFrame, texts: dict[str, pl.Series]) -> pl.DataFrame:
-    """The keys' texts back in place of their ranks."""
+    """The keys' texts back in place of their ranks (``texts``: categorical, by rank),
+    as categorical text: the writer writes it without making a column of text."""
     return batch.with_columns(
-        pl.col(k).replace_strict(
-            pl.int_range(0, t.len(), dtype=pl.UInt32, eager=True), t, return_dtype=pl.String
-        )
-        if t.len()
-        else pl.col(k).cast(pl.String)  # no text at all: every key is empty
-        for k, t in texts.items()
+        texts[k].gather(batch.get_column(k)).alias(k)
+        if texts[k].len()
+        else pl.col(k).cast(pl.String).cast(pl.Categorical)  # no text at all: every key is empty
+        for k in texts
     )
 
 
