@@ -273,7 +273,7 @@ def _sorted(table: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     each is replaced by the rank of its text in byte order (nulls after every text)
     and the ranks are packed into one integer, so one column is sorted instead of
     several (the row key is in the order, so no two rows tie): the big export's sort
-    0.54 s -> 0.2 s. A key has few distinct texts."""
+    0.54 s -> 0.3 s. A key has few distinct texts."""
     if not order or any(table.schema[c] != pl.Categorical for c in order):
         return table.sort(order, nulls_last=True)
     packed = pl.repeat(0, pl.len(), dtype=pl.UInt64)
