@@ -96,6 +96,10 @@ def to_frame(
         raise UpstreamError(f"the answer has no {facet} array")
     if not all(isinstance(r, dict) for r in records):
         raise UpstreamError(f"a record of the {facet} array is not an object")
+    if fields:
+        # Only the fields the export reads, as the fast path reads them: a field it does
+        # not read, whatever its shape, never makes the records unreadable.
+        records = [{name: r.get(name) for name in fields} for r in records]
     for name, dtype in (fields or {}).items():
         if dtype == pl.Float64 and _mark_mixed(records, name) and mixed is not None:
             mixed.add(name)
