@@ -96,15 +96,15 @@ def to_frame(
         raise UpstreamError(f"the answer has no {facet} array")
     if not all(isinstance(r, dict) for r in records):
         raise UpstreamError(f"a record of the {facet} array is not an object")
-    if fields:
-        # Only the fields the export reads, as the fast path reads them: a field it does
-        # not read, whatever its shape, never makes the records unreadable.
-        records = [{name: r.get(name) for name in fields} for r in records]
     for name, dtype in (fields or {}).items():
         if dtype == pl.Float64 and _mark_mixed(records, name) and mixed is not None:
             mixed.add(name)
     try:
-        return pl.DataFrame(records, infer_schema_length=None, strict=False)
+        # Only the fields the export reads (all when none are named), as the fast path
+        # reads them: a field it does not read, whatever its shape, never makes the
+        # records unreadable.
+        names = list(fields) if fields else None
+        return pl.DataFrame(records, schema=names, infer_schema_length=None, strict=False)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         raise UpstreamError(f"the {facet} records cannot be read") from None
 
