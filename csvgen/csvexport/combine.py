@@ -36,6 +36,7 @@ __all__ = [
     "sort_order",
     "sources_of",
     "split",
+    "text_ranks",
 ]
 
 
@@ -270,8 +271,8 @@ def _sorted(table: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     """``table`` sorted on ``order``, ascending, nulls last.
 
     When every sort column is categorical (sorting on the row key, the usual case),
-    each is replaced by the rank of its text in byte order (nulls after every text)
-    and the ranks are packed into one integer, so one column is sorted instead of
+    each is replaced by the rank of its text (:func:`text_ranks`, nulls after every
+    text) and the ranks are packed into one integer, so one column is sorted instead of
     several (the row key is in the order, so no two rows tie): the big export's sort
     0.54 s -> 0.3 s. A key has few distinct texts."""
     if not order or any(table.schema[c] != pl.Categorical for c in order):
@@ -279,22 +280,21 @@ def _sorted(table: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     packed = pl.repeat(0, pl.len(), dtype=pl.UInt64)
     room = 1
     for name in order:
-        seen = table.get_column(name).unique().drop_nulls()
-        ranks = seen.cast(pl.String).rank("ordinal").cast(pl.UInt64) - 1
-        size = seen.len() + 1  # the ranks, then null
+        texts = table.get_column(name).unique().drop_nulls().cast(pl.String).sort()
+        size = texts.len() + 1  # the ranks, then null
         room *= size
         if room >= 2**63:
             return table.sort(order, nulls_last=True)
-        rank = (
-            pl.col(name)
-            .to_physical()
-            .replace_strict(seen.to_physical(), ranks, return_dtype=pl.UInt64)
-            .fill_null(size - 1)
-            if seen.len()
-            else pl.lit(0, dtype=pl.UInt64)  # every key empty (polars panics on no mapping)
-        )
-        packed = packed * size + rank
+        packed = packed * size + text_ranks(name, texts).cast(pl.UInt64).fill_null(size - 1)
     return table[table.select(packed).to_series().arg_sort()]
+
+
+def text_ranks(name: str, texts: pl.Series) -> pl.Expr:
+    """Categorical column ``name`` as the rank of its text among ``texts`` (its distinct
+    texts, sorted: byte order, as polars sorts text); null stays null."""
+    codes = texts.cast(pl.Categorical).to_physical()
+    ranks = pl.int_range(0, texts.len(), dtype=pl.UInt32, eager=True)
+    return pl.col(name).to_physical().replace_strict(codes, ranks, return_dtype=pl.UInt32)
 
 
 def _same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> bool:

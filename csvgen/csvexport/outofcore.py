@@ -40,6 +40,7 @@ from .combine import (
     sort_order,
     sources_of,
     split,
+    text_ranks,
 )
 from .plan import ExportPlan
 
@@ -149,15 +150,8 @@ def _ranked(
     for k in keys:
         seen = pl.concat([g.get_column(k).unique() for g in groups]).cast(pl.String)
         text = seen.unique().drop_nulls().sort()
-        codes = text.cast(pl.Categorical).to_physical()
-        ranks = pl.int_range(0, text.len(), dtype=pl.UInt32, eager=True)
         texts[k] = text.cast(pl.Categorical)
-        ranked = [
-            g.with_columns(
-                pl.col(k).to_physical().replace_strict(codes, ranks, return_dtype=pl.UInt32)
-            )
-            for g in ranked
-        ]
+        ranked = [g.with_columns(text_ranks(k, text)) for g in ranked]
     return ranked, texts
 
 
