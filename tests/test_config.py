@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +185,12 @@ def test_the_spill_directory_must_exist_and_be_writable(tmp_path: Path) -> None:
 )
 def test_polars_allocator_settings(inherited: str, expected: str) -> None:
     assert allocator_settings(inherited) == expected
+
+
+def test_polars_writes_the_allocator_settings_csvgen_drops() -> None:
+    """What a polars-importing parent passes down is what ``allocator_settings`` drops: if
+    polars changes its string, this fails rather than the worker silently running on it."""
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    script = "import os, polars; print(os.environ['_RJEM_MALLOC_CONF'])"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == POLARS_JEMALLOC
