@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+import pytest
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
+from csvgen.csvexport.plan import make_plan
+from csvgen.csvexport.route import _write_rows
+from csvgen.errors import TooLarge
 from csvgen.frames import Action, encode_action
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
@@ -361,3 +367,19 @@ async def test_an_answer_the_stream_cannot_trust_is_asked_for_again(
     assert item["warnings"][0].startswith("column 'Entries': the Metrics API answered numbers")
     lines = download(item["signedUrl"]).splitlines()
     assert lines[1] == b"2024-01-01,100" and lines[-1].endswith(b",n/a")
+
+
+def test_the_writer_stops_at_the_first_batch_past_the_byte_limit(tmp_path: Any) -> None:
+    """CSVGEN_MAX_BYTES is checked as the file is written: the batches after the one that
+    passes it are never asked for (out of core they are still being sorted)."""
+    plan = make_plan(seed())
+    asked: list[int] = []
+
+    def rows() -> Any:
+        for n in range(3):
+            asked.append(n)
+            yield pl.DataFrame({"c0": ["2024-01-01"] * 10, "c1": [float(n)] * 10})
+
+    with (tmp_path / "csv").open("w+b") as f, pytest.raises(TooLarge, match="at least"):
+        _write_rows(plan, rows, f, set(), 100, threading.Event())
+    assert asked == [0]
