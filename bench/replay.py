@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,15 @@ class ReplayStandin(Standin):
         self.rtts: list[float] = []
         self.monitors: set[asyncio.Task[None]] = set()
 
-    def frames(self, rid: str, action: str, route: Any, body: Any) -> list[str] | list[bytes]:
+    def frames(self, rid: str, action: str, route: Any, body: Any) -> Iterable[str | bytes]:
         parts = self.parts.get(fingerprint(str(route), body)) if action == "metric" else None
         if parts is None:
             return super().frames(rid, action, route, body)
         total = len(parts)
         head = "0|0" if total == 1 else None
-        return [f"{rid}|{head or f'{n}|{total}'}|".encode() + part for n, part in enumerate(parts)]
+        # Each frame is made when its turn to be sent comes, as a real API streams:
+        # making them all first would copy the whole answer before its first byte.
+        return (f"{rid}|{head or f'{n}|{total}'}|".encode() + part for n, part in enumerate(parts))
 
     def on_worker(self, ws: ServerConnection) -> None:
         task = asyncio.create_task(self._keepalive(ws))

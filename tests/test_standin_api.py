@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from csvgen.frames import Action, ReplyAssembler, encode_action
 from csvgen.standin.api import MetricsAPI
 from csvgen.standin.data import DataSet, apportion
-from csvgen.standin.server import Standin
+from csvgen.standin.server import Interleaver, Standin
 
 API = MetricsAPI(DataSet())
 OXFORD = API.data.locations[0]
@@ -149,3 +152,38 @@ async def test_big_answers_come_in_interleaved_parts() -> None:
     first_b = order.index("b")
     assert "a" in order[first_b:]  # b's parts began before a's were all sent
     assert done["a"] == done["b"] and len(done["a"]["segments"]) == 10 * 24
+
+
+async def test_frames_are_made_when_sent() -> None:
+    """An answer given as an iterator is not consumed when queued: each frame is made
+    at its turn (the benchmark's replay copies no answer before its first byte), and
+    it still interleaves with an answer given as a list."""
+    made: list[str] = []
+
+    def lazy() -> Iterator[str]:
+        for n in range(3):
+            made.append(f"a{n}")
+            yield f"a|{n}|3|part"
+
+    made_when_queued: list[str] = ["not queued"]
+
+    async def handler(ws: ServerConnection) -> None:
+        out = Interleaver(ws)
+        out.computing = 1  # as while another answer is computed: nothing is sent yet
+        out.add("a", lazy())
+        out.add("b", ["b|0|2|part", "b|1|2|part"])
+        made_when_queued[:] = made
+        out.computing = 0
+        sender = asyncio.create_task(out.run())
+        await ws.wait_closed()
+        sender.cancel()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            got = [await ws.recv() for _ in range(5)]
+    assert made_when_queued == []
+    assert [g.split("|", 2)[:2] for g in got] == [
+        ["a", "0"], ["b", "0"], ["a", "1"], ["b", "1"], ["a", "2"]
+    ]  # fmt: skip
+    assert made == ["a0", "a1", "a2"]

@@ -26,6 +26,7 @@ import itertools
 import logging
 import signal
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -54,17 +55,19 @@ class Interleaver:
     While an answer to this connection is being computed, nothing is sent: answers
     to requests that arrived together are then all queued before the first frame
     goes out, so their parts really interleave (a computed answer is ready far
-    faster than a real API would stream it).
+    faster than a real API would stream it). An answer's frames may be made as they
+    are sent (an iterator), as a real API streams its answer.
     """
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
-        self.queues: dict[str, collections.deque[str | bytes]] = {}
+        self.queues: dict[str, Iterator[str | bytes]] = {}
         self.wake = asyncio.Event()
         self.computing = 0
 
-    def add(self, rid: str, frames: list[str] | list[bytes]) -> None:
-        self.queues.setdefault(rid, collections.deque()).extend(frames)
+    def add(self, rid: str, frames: Iterable[str | bytes]) -> None:
+        queued = self.queues.get(rid)
+        self.queues[rid] = iter(frames) if queued is None else itertools.chain(queued, frames)
         self.wake.set()
 
     async def run(self) -> None:
@@ -73,10 +76,11 @@ class Interleaver:
             self.wake.clear()
             while self.queues and not self.computing:
                 for rid in list(self.queues):
-                    queue = self.queues[rid]
-                    await self.ws.send(queue.popleft(), text=True)
-                    if not queue:
+                    frame = next(self.queues[rid], None)
+                    if frame is None:
                         del self.queues[rid]
+                    else:
+                        await self.ws.send(frame, text=True)
 
 
 class Standin:
@@ -223,7 +227,7 @@ class Standin:
             await asyncio.sleep(self.latency_s)
         out.add(rid, frames)
 
-    def frames(self, rid: str, action: str, route: Any, body: Any) -> list[str] | list[bytes]:
+    def frames(self, rid: str, action: str, route: Any, body: Any) -> Iterable[str | bytes]:
         """The frames that answer one request (runs in a thread)."""
         answer = self.api.answer(action, str(route), body)
         return encode_reply(rid, answer, max_part_chars=self.part_chars)
