@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from csvgen import frames
-from csvgen.csvexport.plan import make_plan
+from csvgen.csvexport.plan import ExportPlan, MetricPlan, make_plan
 from csvgen.standin.api import MetricsAPI
 from csvgen.standin.data import AGES, DataSet
 
@@ -82,17 +82,12 @@ def generate_huge(data: DataSet) -> None:
     records four times, the location ids changed per copy (the stand-in's values for
     the first 1,000 locations, under 4,000 ids)."""
     folder = DATA_DIR / "huge"
-    folder.mkdir(parents=True, exist_ok=True)
-    body = huge(data)
-    (folder / "request-0.json").write_bytes(orjson.dumps(body))
     by_id = {m.metric_id: m for m in make_plan(big(data)).metrics}
-    for metric in make_plan(body).metrics:
-        path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+    for metric in _write_request(folder, 0, huge(data)).metrics:
+        path = _answer_path(folder, metric)
         if path.exists():
             continue
-        small_one = by_id[metric.metric_id]
-        source = DATA_DIR / "big" / f"{fingerprint(small_one.route, small_one.body)}.json"
-        data_ = source.read_bytes()
+        data_ = _answer_path(DATA_DIR / "big", by_id[metric.metric_id]).read_bytes()
         opening = b'"segments":['
         first = data_.index(opening) + len(opening)
         last = data_.rindex(b"]")
@@ -100,10 +95,8 @@ def generate_huge(data: DataSet) -> None:
         copies = [
             records.replace(b'"location":"6', b'"location":"' + t.encode()) for t in HUGE_TILES
         ]
-        path.write_bytes(data_[:first] + b",".join(copies) + data_[last:])
+        _write_whole(path, data_[:first] + b",".join(copies) + data_[last:])
         print(f"  huge: {metric.metric_id} {path.stat().st_size / 1e6:.0f} MB", flush=True)
-    meta = {"routes": [m.route for m in make_plan(body).metrics]}
-    (folder / "request-0.meta.json").write_text(json.dumps(meta))
 
 
 #: Scaling cases: the big export for the first N of its locations (about 2,190 rows each).
@@ -117,23 +110,18 @@ def ensure_scaling_data() -> None:
     big_plan = make_plan(big(data))
     for case, count in SCALING.items():
         folder = DATA_DIR / case
-        folder.mkdir(parents=True, exist_ok=True)
         body = big(data)
         for metric in body["metricRequests"]:
             metric["entities"] = metric["entities"][:count]
-        (folder / "request-0.json").write_bytes(orjson.dumps(body))
         wanted = set(body["metricRequests"][0]["entities"])
-        for metric, source in zip(make_plan(body).metrics, big_plan.metrics, strict=True):
-            path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+        plan = _write_request(folder, 0, body)
+        for metric, source in zip(plan.metrics, big_plan.metrics, strict=True):
+            path = _answer_path(folder, metric)
             if path.exists():
                 continue
-            answer = orjson.loads(
-                (DATA_DIR / "big" / f"{fingerprint(source.route, source.body)}.json").read_bytes()
-            )
+            answer = orjson.loads(_answer_path(DATA_DIR / "big", source).read_bytes())
             answer["segments"] = [r for r in answer["segments"] if r["location"] in wanted]
-            path.write_bytes(orjson.dumps(answer))
-        meta = {"routes": [m.route for m in make_plan(body).metrics]}
-        (folder / "request-0.meta.json").write_text(json.dumps(meta))
+            _write_whole(path, orjson.dumps(answer))
     os.sync()
 
 
@@ -175,42 +163,58 @@ def generate(case: str, bodies: list[dict[str, Any]], data: DataSet) -> None:
     case's take over a minute each), so a fresh machine's first ``make bench`` waits
     for them half as long on two cores."""
     folder = DATA_DIR / case
-    folder.mkdir(parents=True, exist_ok=True)
-    missing: dict[Path, tuple[str, str, dict[str, Any]]] = {}
+    missing: dict[Path, MetricPlan] = {}
     for n, body in enumerate(bodies):
-        (folder / f"request-{n}.json").write_bytes(orjson.dumps(body))
-        for metric in make_plan(body).metrics:
-            path = folder / f"{fingerprint(metric.route, metric.body)}.json"
+        for metric in _write_request(folder, n, body).metrics:
+            path = _answer_path(folder, metric)
             if not path.exists():
-                missing[path] = (metric.metric_id, metric.route, metric.body)
-        meta = {"routes": [m.route for m in make_plan(body).metrics]}
-        (folder / f"request-{n}.meta.json").write_text(json.dumps(meta))
+                missing[path] = metric
     if not missing:
         return
     spawn = multiprocessing.get_context("spawn")  # no fork of a process with a running loop
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=spawn) as pool:
         jobs = {
-            pool.submit(_write_answer, path, route, body, len(data.locations), data.seed): mid
-            for path, (mid, route, body) in missing.items()
+            pool.submit(_make_answer, path, m.route, m.body, len(data.locations), data.seed): m
+            for path, m in missing.items()
         }
         for job in as_completed(jobs):
             path, seconds = job.result()
-            print(f"  {case}: {jobs[job]} {path.stat().st_size / 1e6:.0f} MB "
+            print(f"  {case}: {jobs[job].metric_id} {path.stat().st_size / 1e6:.0f} MB "
                   f"in {seconds:.0f} s", flush=True)  # fmt: skip
 
 
-def _write_answer(
+def _make_answer(
     path: Path, route: str, body: dict[str, Any], locations: int, seed: int
 ) -> tuple[Path, float]:
     """One answer file, made from the data set of ``locations`` and ``seed`` (in a worker
-    process). Written under a temporary name first: an interrupted run leaves no half
-    answer that a later run would take for a whole one."""
+    process)."""
     started = time.monotonic()
     answer = MetricsAPI(DataSet(locations=locations, seed=seed)).answer("metric", route, body)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(orjson.dumps(answer))
-    partial.replace(path)
+    _write_whole(path, orjson.dumps(answer))
     return path, time.monotonic() - started
+
+
+def _write_request(folder: Path, n: int, body: dict[str, Any]) -> ExportPlan:
+    """A case's request ``n`` and the routes it asks (``request-N.json`` and
+    ``request-N.meta.json``); returns its plan."""
+    plan = make_plan(body)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"request-{n}.json").write_bytes(orjson.dumps(body))
+    meta = {"routes": [m.route for m in plan.metrics]}
+    (folder / f"request-{n}.meta.json").write_text(json.dumps(meta))
+    return plan
+
+
+def _answer_path(folder: Path, metric: MetricPlan) -> Path:
+    return folder / f"{fingerprint(metric.route, metric.body)}.json"
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Under a temporary name first: an interrupted run leaves no half answer that a
+    later run would take for a whole one (it only checks that the file exists)."""
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
 
 
 def ensure_data() -> None:
