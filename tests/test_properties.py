@@ -15,7 +15,7 @@ import polars as pl
 from hypothesis import example, given, strategies as st
 
 from csvgen.config import Settings
-from csvgen.csvexport.answers import AnswerReader, ReadAgain, schema, to_frame
+from csvgen.csvexport.answers import AnswerReader, ReadAgain, _ndjson, schema, to_frame
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.csvwrite import write_csv
 from csvgen.csvexport.dialects import DIALECTS
@@ -218,3 +218,17 @@ def test_any_answer_split_anywhere_gives_the_csv_of_the_whole_answer(
 
     whole = csv(lambda mixed: read_streamed([data], fields, mixed))
     assert csv(lambda mixed: read_streamed(parts, fields, mixed)) == whole
+
+
+@given(
+    st.lists(st.sampled_from([b"}", b",", b"{", b"},{", b"a"]), max_size=60).map(b"".join),
+    st.integers(1, 8),
+    st.data(),
+)
+def test_the_chunked_rewrite_into_lines_is_one_replace(data: bytes, chunk: int, draw: Any) -> None:
+    """Every ``},{`` becomes ``}\\n{``, wherever the chunks fall (the readers use 1 MiB
+    chunks, which no other test's answers reach), and nothing else changes."""
+    start = draw.draw(st.integers(0, len(data)))
+    stop = draw.draw(st.integers(start, len(data)))
+    expected = data[start:stop].replace(b"},{", b"}\n{")
+    assert _ndjson(data, start, stop, chunk).getvalue() == expected
