@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 import pytest
 
-from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, AnswerReader, ReadAgain, to_frame
-from csvgen.errors import UpstreamError
+from csvgen.csvexport.answers import (
+    SMALL_ANSWER_BYTES,
+    AnswerReader,
+    ReadAgain,
+    RecordSpill,
+    to_frame,
+)
+from csvgen.errors import StorageFailed, UpstreamError
 
 
 def big(records: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -231,3 +238,55 @@ def test_many_small_parts_are_cut_a_batch_at_a_time() -> None:
     data = doc(PLAIN, copies=40)
     parts = [data[i : i + 3] for i in range(0, len(data), 3)]
     assert streamed(parts).equals(streamed([data]))
+
+
+# -- spilled as read (RecordSpill) ----------------------------------------------------------
+
+
+def test_records_past_the_limit_are_spilled_as_read_and_read_back_the_same(
+    tmp_path: Path,
+) -> None:
+    """Two readers share a spill: once they hold more records than its limit, each writes
+    what it holds to a file and the next records as they come; each answer comes back as
+    a scan of its files, the same table as in memory. close() removes every file."""
+    data = doc(PLAIN, copies=60)
+    whole = to_frame(data, "segments", FIELDS)
+    spill = RecordSpill(limit=whole.estimated_size() // 2, directory=str(tmp_path))
+    readers = [
+        AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=spill) for _ in range(2)
+    ]
+    for i in range(0, len(data), BATCH):  # interleaved, as on the wire
+        for reader in readers:
+            reader.feed([data[i : i + BATCH]])
+    first, second = (reader.finish() for reader in readers)
+    assert isinstance(first, pl.LazyFrame) and isinstance(second, pl.LazyFrame)
+    assert first.collect().equals(whole) and second.collect().equals(whole)
+    [work] = tmp_path.iterdir()
+    assert len(list(work.iterdir())) > 2  # written out as read, not once at the end
+    spill.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_records_under_the_limit_stay_in_memory(tmp_path: Path) -> None:
+    data = doc(PLAIN, copies=60)
+    spill = RecordSpill(limit=10 * len(data), directory=str(tmp_path))
+    reader = AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=spill)
+    reader.feed([data])
+    frame = reader.finish()
+    assert isinstance(frame, pl.DataFrame) and frame.equals(to_frame(data, "segments", FIELDS))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spill_directory_gone_is_storage_failed_and_nothing_spills_after_close(
+    tmp_path: Path,
+) -> None:
+    data = doc(PLAIN, copies=60)
+    gone = RecordSpill(limit=0, directory=str(tmp_path / "gone"))
+    with pytest.raises(StorageFailed) as info:
+        AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=gone).feed([data])
+    assert "spill directory" in info.value.message and str(tmp_path) not in info.value.message
+    closed = RecordSpill(limit=0, directory=str(tmp_path))
+    closed.close()  # the export ended while a reader's thread still reads
+    with pytest.raises(StorageFailed):
+        AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=closed).feed([data])
+    assert list(tmp_path.iterdir()) == []

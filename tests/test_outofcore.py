@@ -7,6 +7,7 @@ import gzip
 import logging
 import math
 import os
+import tempfile
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from csvgen.csvexport import outofcore
+from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, Records, RecordSpill
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.plan import Limits, make_plan
+from csvgen.errors import MetricFailed
 from tests.conftest import S3Server, running_exporter
-from tests.fakes import FakeBus, FakeMetrics
+from tests.fakes import FakeBus, FakeMetrics, RawFrames
 from tests.test_export import EXPORTS, GOLDEN, download, export
 from tests.test_export_errors import entries_answer, request
 from tests.test_plan import L1, seed
@@ -40,12 +43,14 @@ async def test_golden_out_of_core(
     caplog: pytest.LogCaptureFixture,
     name: str,
 ) -> None:
-    """A budget of 0 sends every export out of core: each golden file, byte for byte, and
-    the manifest of the in-memory export; the spill directory is empty afterwards."""
+    """A budget of 0 sends every export out of core, its records spilled as read: each
+    golden file, byte for byte, and the manifest of the in-memory export; the spill
+    directory is empty afterwards."""
     caplog.set_level(logging.INFO, "csvgen")
     payload = await export(bus, metrics, name, memory_budget_mb=0, spill_dir=str(tmp_path))
     [item] = payload["body"]
-    assert any(r.getMessage().startswith("out of core id=") for r in caplog.records)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("out of core")]
+    assert line.endswith("; spilled as read") == (name != "empty")  # no records: nothing spills
     stored = download(item["signedUrl"])
     csv = gzip.decompress(stored) if name == "gzip" else stored
     assert csv == (EXPORTS / name / "expected.csv").read_bytes()
@@ -90,6 +95,42 @@ async def test_two_records_for_one_cell_out_of_core(
     assert os.listdir(tmp_path) == []
 
 
+async def test_answers_spilled_as_read_give_the_same_bytes_and_leave_nothing(
+    bus: FakeBus,
+    metrics: FakeMetrics,
+    s3: S3Server,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past half the budget (0 here) the records go to the spill directory as they are
+    read and come back from there: the same CSV as in memory, and nothing left behind,
+    whether the export succeeds or fails."""
+    caplog.set_level(logging.INFO, "csvgen")
+    answer = entries_answer(days=4_000, entities=tuple(LOCATIONS))
+    assert len(orjson.dumps(answer)) > 2 * SMALL_ANSWER_BYTES  # read as it streams in
+    metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=7)))
+    async with running_exporter(bus, metrics, memory_budget_mb=0, spill_dir=str(tmp_path)):
+        await bus.send(request("spilled"))
+        _, spilled = await bus.reply()
+        assert os.listdir(tmp_path) == []
+        answer["segments"].append(answer["segments"][-1])
+        metrics.answers.insert(0, ({"route": "entries"}, RawFrames(answer, parts=7)))
+        await bus.send(request("twice"))
+        _, twice = await bus.reply()
+    assert any(r.getMessage().endswith("; spilled as read") for r in caplog.records)
+    assert twice["error"]["code"] == "metric_failed"
+    assert "two records for one cell" in twice["error"]["message"]
+    assert os.listdir(tmp_path) == []
+    del answer["segments"][-1]
+    metrics.answers.insert(0, ({"route": "entries"}, answer))
+    async with running_exporter(bus, metrics):
+        await bus.send(request("in-memory"))
+        _, in_memory = await bus.reply()
+    [item], [expected] = spilled["body"], in_memory["body"]
+    assert item["rowCount"] == 12_000 and item["sha256"] == expected["sha256"]
+    assert download(item["signedUrl"]) == download(expected["signedUrl"])
+
+
 # -- in process: the same table whatever the values ---------------------------------------
 
 NUMBERS = st.one_of(
@@ -123,11 +164,14 @@ def plan_sorted_by(column: int) -> Any:
         unique_by=lambda r: (r[0], r[1]),
     ),
     column=st.sampled_from([0, 1, 2, 3]),
+    spilled=st.one_of(st.none(), st.integers(1, 7)),
 )
 def test_out_of_core_sorts_like_polars(
-    rows: list[tuple[int, str, float | None, str | None]], column: int
+    rows: list[tuple[int, str, float | None, str | None]], column: int, spilled: int | None
 ) -> None:
-    """Nulls, NaN, -0.0 and 0.0, empty text, any sort column: the same rows in the same order."""
+    """Nulls, NaN, -0.0 and 0.0, empty text, any sort column: the same rows in the same
+    order, from records in memory or spilled to a file as read (answers.RecordSpill) and
+    read back ``spilled`` records at a time."""
     plan = plan_sorted_by(column)
     frame = pl.DataFrame(
         {
@@ -145,7 +189,14 @@ def test_out_of_core_sorts_like_polars(
     )
     as_text = pl.col(pl.Categorical).cast(pl.String)  # the same bytes either way
     in_memory = combine(plan, [frame]).with_columns(as_text)
-    batches = list(outofcore.batches(plan, [frame], None, memory_mb=64, spill_dir=None))
+    with tempfile.TemporaryDirectory() as work:
+        spill = RecordSpill(limit=0, directory=work)
+        records: list[Records] = [frame if spilled is None else pl.scan_ipc(spill.write([frame]))]
+        slices = {"slice_rows": spilled} if spilled else {}
+        rows_of = outofcore.batches(plan, records, None, memory_mb=64, spill_dir=work, **slices)
+        batches = list(rows_of)
+        spill.close()
+        assert os.listdir(work) == []
     out_of_core = pl.concat(batches).with_columns(as_text)
     assert out_of_core.schema == in_memory.schema
     assert out_of_core.equals(in_memory)  # row for row; NaN equals NaN here
@@ -177,4 +228,37 @@ def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> 
     assert 0 < first.height < days  # more rows to come
     assert [p.name.startswith("csvgen-duckdb-") for p in tmp_path.iterdir()] == [True]
     rows.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_cell_twice_across_the_slices_of_a_spilled_answer_is_found_and_named(
+    tmp_path: Path,
+) -> None:
+    """A spilled answer is read a slice at a time: a key in its first slice and again in
+    its last is still two records for one cell, named as in memory."""
+    plan = plan_sorted_by(0)
+    rows = [(d, LOCATIONS[d % 3]) for d in range(10)] + [(0, LOCATIONS[0])]
+    frame = pl.DataFrame(
+        {
+            "index": [f"2024-01-{d + 1:02d}T00:00:00.000" for d, _ in rows],
+            "location": [loc for _, loc in rows],
+            "entries": [float(d) for d, _ in rows],
+            "note": [None] * len(rows),
+        },
+        schema={
+            "index": pl.String,
+            "location": pl.String,
+            "entries": pl.Float64,
+            "note": pl.String,
+        },
+    )
+    with pytest.raises(MetricFailed) as in_memory:
+        combine(plan, [frame])
+    spill = RecordSpill(limit=0, directory=str(tmp_path))
+    records: list[Records] = [pl.scan_ipc(spill.write([frame]))]
+    with pytest.raises(MetricFailed) as spilled:
+        list(outofcore.batches(plan, records, None, memory_mb=64, spill_dir=None, slice_rows=3))
+    assert spilled.value.message == in_memory.value.message
+    assert f"row 2024-01-01/{LOCATIONS[0]}" in spilled.value.message
+    spill.close()
     assert os.listdir(tmp_path) == []

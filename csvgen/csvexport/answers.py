@@ -19,11 +19,20 @@ numbers and text (read exactly, through orjson) becomes one text column in
 which each number is its plain decimal text and each text value starts with
 :data:`TEXT_MARK`; the caller learns which fields were mixed (``mixed``), and the
 writer takes the mark off and applies formula safety to those cells only.
+
+An export's readers share a :class:`RecordSpill`: once they hold more records than
+its limit (half the export's memory budget), each writes what it holds to an Arrow
+file and returns its answer as a scan of those files (a ``LazyFrame``), so memory
+no longer grows with the answers.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -31,7 +40,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from ..errors import UpstreamError
+from ..errors import StorageFailed, UpstreamError
 from ..frames import parse_answer
 
 __all__ = [
@@ -39,6 +48,8 @@ __all__ = [
     "TEXT_MARK",
     "AnswerReader",
     "ReadAgain",
+    "RecordSpill",
+    "Records",
     "Schema",
     "number_text",
     "schema",
@@ -47,6 +58,9 @@ __all__ = [
 
 #: Starts each text cell of a value column that mixes numbers and text.
 TEXT_MARK = "\x00"
+
+#: An answer's records: in memory, or a scan of the files they were spilled to.
+Records = pl.DataFrame | pl.LazyFrame
 
 #: Field name → polars type, for the fields a CSV reads from an answer's records.
 Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
@@ -63,6 +77,66 @@ BATCH_BYTES = 4 * 1024 * 1024
 _MAX_UNCUT_BATCHES = 4
 #: The streaming reader looks this far for the opening of the records' array.
 _MAX_HEAD = 64 * 1024
+#: Once an export spills, each reader writes its records out this many bytes at a time.
+SPILL_BYTES = 32 * 1024 * 1024
+
+
+class RecordSpill:
+    """The records an export's readers hold, and where they go past ``limit`` bytes.
+
+    Holding more records than the limit means the export goes out of core anyway (the
+    in-memory join costs several times the records: combine.IN_MEMORY_FACTOR), so
+    from then on each reader writes its records to an Arrow file in a directory made
+    for the export in ``directory`` (``CSVGEN_SPILL_DIR``). :meth:`close` removes it.
+    Readers in several threads share one spill.
+    """
+
+    def __init__(self, limit: int, directory: str | None) -> None:
+        self.limit = limit
+        self._directory = directory
+        self._work: str | None = None
+        self._held = 0
+        self._files = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.spilling = False
+
+    def hold(self, size: int) -> bool:
+        """Count ``size`` more bytes of records held (less when negative); whether
+        the export spills."""
+        with self._lock:
+            self._held += size
+            self.spilling = self.spilling or self._held > self.limit
+            return self.spilling
+
+    def write(self, frames: list[pl.DataFrame]) -> str:
+        """``frames`` as one Arrow file; its path.
+
+        Raises:
+            StorageFailed: the spill directory is full or gone.
+        """
+        try:
+            with self._lock:
+                if self._closed:  # a reader's thread outlived its export (cancelled)
+                    raise StorageFailed("the export ended")
+                if self._work is None:
+                    self._work = tempfile.mkdtemp(prefix="csvgen-records-", dir=self._directory)
+                self._files += 1
+                path = os.path.join(self._work, f"records-{self._files}.arrow")
+            pl.concat(frames, rechunk=False).write_ipc(path)
+        except OSError as exc:
+            raise StorageFailed(
+                f"the answers' records could not be written to the spill directory: {exc.strerror}"
+            ) from None
+        return path
+
+    def close(self) -> None:
+        """Remove the spilled records; nothing is spilled after."""
+        with self._lock:
+            self._closed = True
+            work, self._work = self._work, None
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def to_frame(
@@ -134,6 +208,9 @@ class AnswerReader:
       shape), ``feed`` or ``finish`` raises :class:`ReadAgain`: the caller asks for the
       answer again and reads it whole, exactly, as it always was. Answers of the
       usual shape never pay for that fallback; odd ones pay a second request.
+    - with a ``spill`` whose limit the export's readers passed, the records read are
+      written out ``SPILL_BYTES`` at a time (an answer read whole, at once) and
+      ``finish`` returns a scan of them.
 
     A wrong cut (``},{`` inside a string or a nested array) always leaves an invalid
     line, so each batch that reads starts and ends on a record's boundary.
@@ -148,8 +225,10 @@ class AnswerReader:
         whole: bool = False,
         small: int = SMALL_ANSWER_BYTES,
         batch: int = BATCH_BYTES,
+        spill: RecordSpill | None = None,
     ) -> None:
         self.facet = facet
+        self.spill = spill
         self.small, self.batch = small, batch
         self.fields = dict(fields) if fields else None
         self.mixed = mixed
@@ -163,6 +242,8 @@ class AnswerReader:
         self._pending: list[bytes] = []  # parts not yet cut (less than a batch)
         self._pending_size = 0
         self._frames: list[pl.DataFrame] = []
+        self._frames_size = 0  # bytes of records in _frames
+        self._files: list[str] = []  # records written out (spill)
 
     def feed(self, parts: list[bytes]) -> None:
         """Take the next parts.
@@ -208,8 +289,8 @@ class AnswerReader:
         else:
             self._rest = data
 
-    def finish(self) -> pl.DataFrame:
-        """The answer's records.
+    def finish(self) -> Records:
+        """The answer's records: a scan of its files when it was spilled.
 
         Raises:
             UpstreamError: as :func:`to_frame`.
@@ -217,7 +298,12 @@ class AnswerReader:
         """
         if not self._streaming:
             parts, self._held = self._held, []
-            return to_frame(parts, self.facet, self.fields, self.mixed)
+            frame = to_frame(parts, self.facet, self.fields, self.mixed)
+            if self.spill is None or not self.spill.hold(int(frame.estimated_size())):
+                return frame
+            self._frames, self._frames_size = [frame], int(frame.estimated_size())
+            self._write_out()
+            return pl.scan_ipc(self._files)
         data = b"".join([self._rest, *self._pending])
         self._rest, self._pending = b"", []
         end = data.rfind(b"}]")
@@ -229,6 +315,10 @@ class AnswerReader:
         if not isinstance(rest, dict) or rest.get(self.facet) != [] or "error" in rest:
             raise ReadAgain
         self._read(_ndjson(data, 0, end + 1))
+        if self._files:
+            if self._frames:
+                self._write_out()
+            return pl.scan_ipc(self._files)
         frames, self._frames = self._frames, []
         return pl.concat(frames, rechunk=False)
 
@@ -236,15 +326,34 @@ class AnswerReader:
         """Drop everything held."""
         self._held, self._rest, self._frames, self._pending = [], b"", [], []
         self._pending_size = 0
+        self._release()
+
+    def _release(self) -> None:
+        if self.spill is not None and self._frames_size:
+            self.spill.hold(-self._frames_size)
+        self._frames_size = 0
+
+    def _write_out(self) -> None:
+        """The records held, to a spill file."""
+        assert self.spill is not None
+        self._files.append(self.spill.write(self._frames))
+        self._frames = []
+        self._release()
 
     def _read(self, lines: io.BytesIO) -> None:
         """Whole records, one a line (:func:`_ndjson`), into a frame."""
         assert self.fields is not None
         try:
-            self._frames.append(pl.read_ndjson(lines, schema=self.fields))
+            frame = pl.read_ndjson(lines, schema=self.fields)
         except pl.exceptions.PolarsError:
             self.close()
             raise ReadAgain from None
+        self._frames.append(frame)
+        if self.spill is not None:
+            size = int(frame.estimated_size())
+            self._frames_size += size
+            if self.spill.hold(size) and self._frames_size >= min(SPILL_BYTES, self.spill.limit):
+                self._write_out()
 
 
 def schema(reads: Iterable[tuple[str, str]] | None) -> Schema | None:

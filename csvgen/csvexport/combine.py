@@ -16,20 +16,24 @@ records for one cell: ``metric_failed``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import polars as pl
 
 from ..errors import MetricFailed, TooLarge
+from .answers import Records
 from .plan import ColumnSpec, ExportPlan, MetricPlan, field_of, value_field
 
 __all__ = [
     "IN_MEMORY_FACTOR",
+    "any_twice",
     "check_parts",
     "combine",
+    "each_part",
     "finish",
     "in_memory_cost",
+    "key_hashes",
     "key_names",
     "output",
     "side_by_side",
@@ -42,7 +46,7 @@ __all__ = [
 
 def combine(
     plan: ExportPlan,
-    frames: Sequence[pl.DataFrame],
+    frames: Sequence[Records],
     names: Mapping[str, str] | None = None,
     *,
     max_rows: int | None = None,
@@ -100,7 +104,7 @@ def key_names(plan: ExportPlan) -> list[str]:
 
 
 def split(
-    plan: ExportPlan, frames: Sequence[pl.DataFrame], keys: list[str], *, consume: bool = False
+    plan: ExportPlan, frames: Sequence[Records], keys: list[str], *, consume: bool = False
 ) -> tuple[list[pl.DataFrame], list[tuple[MetricPlan, ColumnSpec]]]:
     """Every metric request's records as parts (the key, then value columns) and whose
     records each part holds. ``consume``: each frame of ``frames`` (a list) is dropped
@@ -108,14 +112,48 @@ def split(
     at once."""
     parts: list[pl.DataFrame] = []
     owners: list[tuple[MetricPlan, ColumnSpec]] = []
+    for _, part, owner in each_part(plan, frames, keys, consume=consume):
+        parts.append(part)
+        owners.append(owner)
+    return parts, owners
+
+
+def each_part(
+    plan: ExportPlan,
+    frames: Sequence[Records],
+    keys: list[str],
+    *,
+    consume: bool = False,
+    rows: int | None = None,
+) -> Iterator[tuple[int, pl.DataFrame, tuple[MetricPlan, ColumnSpec]]]:
+    """:func:`split`'s parts one by one, numbered, one answer at a time (a spilled one
+    read from its files). With ``rows``, an answer is read that many records at a
+    time, and each of its parts comes in pieces, one a slice, under one number."""
+    base = 0
     for m, metric in enumerate(plan.metrics):
-        for part, column in _parts(plan, m, metric, frames[m], keys):
-            parts.append(part)
-            owners.append((metric, column))
+        records = frames[m]
         if consume:
             assert isinstance(frames, list)
             frames[m] = pl.DataFrame()
-    return parts, owners
+        count = 0
+        for chunk in _slices(records, rows):
+            pieces = _parts(plan, m, metric, chunk, keys)
+            del chunk
+            for n, (part, column) in enumerate(pieces):
+                yield base + n, part, (metric, column)
+            count = len(pieces)
+        base += count
+
+
+def _slices(records: Records, rows: int | None) -> Iterator[pl.DataFrame]:
+    """``records`` in slices of ``rows`` (all at once when None); at least one."""
+    if rows is None:
+        yield records.collect() if isinstance(records, pl.LazyFrame) else records
+        return
+    lazy = records.lazy()
+    total = lazy.select(pl.len()).collect().item()
+    for start in range(0, max(total, 1), rows):
+        yield lazy.slice(start, rows).collect()
 
 
 def side_by_side(parts: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:
@@ -255,16 +293,23 @@ def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
 
 
 def _has_twice(table: pl.DataFrame, keys: list[str]) -> bool:
-    """Whether some key may be there twice (hashes: a collision says yes).
+    """Whether some key may be there twice (hashes: a collision says yes)."""
+    return table.height > 1 and any_twice(key_hashes(table, keys))  # (height: no hashing)
 
-    The keys' hashes, sorted, then each against the next: two 8-byte columns, where
-    ``is_duplicated`` builds a hash table."""
-    if table.height < 2:
+
+def key_hashes(table: pl.DataFrame, keys: list[str]) -> pl.Series:
+    """A hash of each row's key. Categorical keys are hashed by their codes (text would
+    be materialised to hash); a table's slices give the slices of its hashes."""
+    return table.select(pl.struct(pl.col(k).to_physical() for k in keys).hash()).to_series()
+
+
+def any_twice(hashes: pl.Series) -> bool:
+    """Whether a hash is there twice: sorted, then each against the next (two 8-byte
+    columns, where ``is_duplicated`` builds a hash table)."""
+    if hashes.len() < 2:
         return False
-    # Categorical keys are hashed by their codes (text would be materialised to hash).
-    physical = pl.struct(pl.col(k).to_physical() for k in keys)
-    hashes = table.select(physical.hash().sort()).to_series()
-    return bool((hashes.slice(1) == hashes.slice(0, hashes.len() - 1)).any())
+    ordered = hashes.sort()
+    return bool((ordered.slice(1) == ordered.slice(0, ordered.len() - 1)).any())
 
 
 def _sorted(table: pl.DataFrame, order: list[str]) -> pl.DataFrame:

@@ -31,9 +31,13 @@ import duckdb
 import polars as pl
 
 from ..errors import StorageFailed, TooLarge
+from .answers import Records
 from .combine import (
+    any_twice,
     check_parts,
+    each_part,
     finish,
+    key_hashes,
     key_names,
     output,
     side_by_side,
@@ -42,7 +46,7 @@ from .combine import (
     split,
     text_ranks,
 )
-from .plan import ExportPlan
+from .plan import ColumnSpec, ExportPlan, MetricPlan
 
 __all__ = ["BATCH_ROWS", "batches"]
 
@@ -51,16 +55,19 @@ MIN_MEMORY_MB = 64
 SPILL_FAILED = "the export could not spill to disk: the spill directory is full or gone"
 #: Rows written at a time.
 BATCH_ROWS = 256 * 1024
+#: Records of a spilled answer read at a time (about 20 MB of them, 0.2 GB at work).
+SLICE_ROWS = 1024 * 1024
 
 
 def batches(
     plan: ExportPlan,
-    frames: list[pl.DataFrame],
+    frames: list[Records],
     names: Mapping[str, str] | None,
     *,
     memory_mb: int,
     spill_dir: str | None,
     max_rows: int | None = None,
+    slice_rows: int = SLICE_ROWS,
 ) -> Generator[pl.DataFrame]:
     """The rows :func:`~csvgen.csvexport.combine.combine` would return, in batches.
 
@@ -70,29 +77,43 @@ def batches(
     Raises:
         MetricFailed: two records claim one cell.
         TooLarge: more than ``max_rows`` rows (found while the rows come).
+        StorageFailed: the spill directory is full or gone.
     """
     keys = key_names(plan)
-    parts, owners = split(plan, frames, keys, consume=True)
-    check_parts(parts, owners, keys)
     sources = sources_of(plan, keys)
-    groups = [finish(plan, g, sources, keys, names) for g in side_by_side(parts, keys)]
-    del parts, owners
-    groups, texts = _ranked(groups, keys)
-    # DuckDB gets what the parts, held in memory while it reads them, leave of the budget.
-    held = sum(int(g.estimated_size()) for g in groups) // 2**20
-    work = tempfile.mkdtemp(prefix="csvgen-duckdb-", dir=spill_dir)
-    settings: dict[str, str | bool | int | float | list[str]] = {
-        "memory_limit": f"{max(memory_mb - held, MIN_MEMORY_MB)}MB",
-        "temp_directory": work,
-        "threads": 2,
-    }
+    work = _work_dir(spill_dir)
     try:
-        with duckdb.connect(config=settings) as con:
-            for n, group in enumerate(groups):
-                con.register(f"g{n}", group.to_arrow())
-            values = list(dict.fromkeys(c for g in groups for c in g.columns if c not in keys))
-            query = _query(len(groups), keys, values, sort_order(plan, sources, keys))
+        tables: list[Any]  # each part: an Arrow table, or its Parquet files
+        if any(isinstance(f, pl.LazyFrame) for f in frames):
+            tables, texts = _parts_on_disk(plan, frames, keys, sources, names, work, slice_rows)
+            held = 0
+        else:
+            parts, owners = split(plan, frames, keys, consume=True)
+            check_parts(parts, owners, keys)
+            groups = [finish(plan, g, sources, keys, names) for g in side_by_side(parts, keys)]
+            del parts, owners
+            groups, texts = _ranked(groups, keys)
+            # DuckDB gets what the parts, held in memory while it reads them, leave of
+            # the budget.
+            held = sum(int(g.estimated_size()) for g in groups) // 2**20
+            tables = [g.to_arrow() for g in groups]
             del groups
+        settings: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": f"{max(memory_mb - held, MIN_MEMORY_MB)}MB",
+            "temp_directory": work,
+            "threads": 2,
+        }
+        with duckdb.connect(config=settings) as con:
+            values: dict[str, None] = {}
+            for n, table in enumerate(tables):
+                if isinstance(table, list):
+                    con.read_parquet(table).create_view(f"g{n}")
+                else:
+                    con.register(f"g{n}", table)
+                columns = con.table(f"g{n}").columns
+                values.update(dict.fromkeys(c for c in columns if c not in keys))
+            query = _query(len(tables), keys, list(values), sort_order(plan, sources, keys))
+            del tables
             reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
             rows = 0
             for batch in reader:
@@ -109,10 +130,84 @@ def batches(
         raise TooLarge(
             f"the export does not fit in its memory budget ({memory_mb} MB) even out of core"
         ) from None
-    except duckdb.IOException:  # the spill directory is full (DuckDB's text names it)
+    except (duckdb.IOException, OSError):  # the spill directory is full or gone
         raise StorageFailed(SPILL_FAILED) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _work_dir(spill_dir: str | None) -> str:
+    try:
+        return tempfile.mkdtemp(prefix="csvgen-duckdb-", dir=spill_dir)
+    except OSError:
+        raise StorageFailed(SPILL_FAILED) from None
+
+
+def _parts_on_disk(
+    plan: ExportPlan,
+    frames: list[Records],
+    keys: list[str],
+    sources: list[str],
+    names: Mapping[str, str] | None,
+    work: str,
+    slice_rows: int,
+) -> tuple[list[Any], dict[str, pl.Series]]:
+    """The parts of an export whose records were spilled (answers.RecordSpill), with
+    memory bounded by ``slice_rows`` records, not by the answers: each answer is read a
+    slice at a time, and each slice's parts are made, finished and written to ``work``.
+    A part's key hashes are checked for a key twice once its answer is read (8 bytes a
+    record); its keys, read back, name the cell. The pieces are then ranked as
+    :func:`_ranked` ranks them, one at a time. Returns each part's ranked pieces, as
+    Parquet files (DuckDB reads them as it goes, in less memory than Arrow files: 0.16
+    against 0.52 GB on the huge export), and the keys' texts by rank."""
+    pieces: dict[int, list[str]] = {}
+    hashes: dict[int, list[pl.Series]] = {}
+    owners: dict[int, tuple[MetricPlan, ColumnSpec]] = {}
+    seen: dict[str, list[pl.Series]] = {k: [] for k in keys}
+    done, metric = 0, None  # the parts checked so far: those of the metric requests read
+    for n, part, owner in each_part(plan, frames, keys, consume=True, rows=slice_rows):
+        if owner[0] is not metric:  # the previous metric request's parts are all there
+            _check_pieces(range(done, n), pieces, hashes, owners, keys)
+            done, metric = n, owner[0]
+        owners[n] = owner
+        hashes.setdefault(n, []).append(key_hashes(part, keys))
+        part = finish(plan, part, sources, keys, names)
+        for k in keys:
+            seen[k].append(part.get_column(k).unique())
+        path = os.path.join(work, f"part-{n}-{len(pieces.setdefault(n, []))}.arrow")
+        part.write_ipc(path)
+        pieces[n].append(path)
+        del part
+    _check_pieces(range(done, len(owners)), pieces, hashes, owners, keys)
+    texts = {k: _sorted_texts(seen[k]) for k in keys}
+    tables: list[Any] = []
+    for n in range(len(owners)):
+        ranked = []
+        for path in pieces[n]:
+            ranked.append(path.replace("part-", "ranked-").replace(".arrow", ".parquet"))
+            piece = pl.scan_ipc(path).with_columns(text_ranks(k, texts[k]) for k in keys)
+            try:
+                piece.sink_parquet(ranked[-1])
+            except pl.exceptions.ComputeError as exc:  # how polars says a write failed
+                if "IO error" in str(exc):
+                    raise OSError(str(exc)) from None
+                raise
+            os.remove(path)
+        tables.append(ranked)
+    return tables, {k: t.cast(pl.Categorical) for k, t in texts.items()}
+
+
+def _check_pieces(
+    numbers: range,
+    pieces: dict[int, list[str]],
+    hashes: dict[int, list[pl.Series]],
+    owners: dict[int, tuple[MetricPlan, ColumnSpec]],
+    keys: list[str],
+) -> None:
+    """Raise MetricFailed if a part among ``numbers`` has a key twice."""
+    for n in numbers:
+        if any_twice(pl.concat(hashes.pop(n))):
+            check_parts([pl.scan_ipc(pieces[n]).select(keys).collect()], [owners[n]], keys)
 
 
 def _query(count: int, keys: list[str], values: list[str], order: list[str]) -> str:
@@ -148,11 +243,15 @@ def _ranked(
     texts: dict[str, pl.Series] = {}
     ranked = groups
     for k in keys:
-        seen = pl.concat([g.get_column(k).unique() for g in groups]).cast(pl.String)
-        text = seen.unique().drop_nulls().sort()
+        text = _sorted_texts([g.get_column(k).unique() for g in groups])
         texts[k] = text.cast(pl.Categorical)
         ranked = [g.with_columns(text_ranks(k, text)) for g in ranked]
     return ranked, texts
+
+
+def _sorted_texts(uniques: list[pl.Series]) -> pl.Series:
+    """The distinct texts of a key's categorical columns, sorted (nulls apart)."""
+    return pl.concat(uniques).cast(pl.String).unique().drop_nulls().sort()
 
 
 def _texts(batch: pl.DataFrame, texts: dict[str, pl.Series]) -> pl.DataFrame:

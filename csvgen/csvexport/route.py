@@ -49,7 +49,15 @@ from ..metrics import AnswerBudget, AnswerSink
 from ..routes import Job
 from ..stores import ObjectStore, content_disposition
 from . import outofcore
-from .answers import BATCH_BYTES, AnswerReader, ReadAgain, Schema, schema
+from .answers import (
+    BATCH_BYTES,
+    AnswerReader,
+    ReadAgain,
+    Records,
+    RecordSpill,
+    Schema,
+    schema,
+)
 from .combine import combine, in_memory_cost
 from .csvwrite import CsvWriter, WriteResult, spreadsheet_warnings
 from .dialects import DIALECTS
@@ -134,16 +142,27 @@ class CsvExport:
         return payload
 
     async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
+        # The records past half the budget go to disk (answers.py), removed once the rows
+        # are written, whatever the outcome.
+        limit = self.settings.memory_budget_mb * 1024 * 1024 // 2
+        with contextlib.closing(RecordSpill(limit, self.settings.spill_dir)) as spill:
+            return await self._export_spilling(rid, plan, fp, spill)
+
+    async def _export_spilling(
+        self, rid: str, plan: ExportPlan, fp: bytes, spill: RecordSpill
+    ) -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
-        answers, names, owner, mixed = await self._gather(plan)
-        cost = in_memory_cost(answers)
-        if cost > TRIM_AFTER_BYTES:  # a small export skips the 2-3 ms
+        answers, names, owner, mixed = await self._gather(plan, spill)
+        held = [f for f in answers if isinstance(f, pl.DataFrame)]
+        cost = in_memory_cost(held) if len(held) == len(answers) else None  # None: spilled
+        del held  # combine drops each answer from ``answers`` once read
+        if cost is None or cost > TRIM_AFTER_BYTES:  # a small export skips the 2-3 ms
             await asyncio.to_thread(_give_back_memory)
         clock.lap("fetch")
         rows: Callable[[], Generator[pl.DataFrame]]
         budget = self.settings.memory_budget_mb
-        if cost < budget * 1024 * 1024:
+        if cost is not None and cost < budget * 1024 * 1024:
             table = await asyncio.to_thread(
                 functools.partial(combine, max_rows=self.settings.max_rows, consume=True),
                 plan,
@@ -154,7 +173,12 @@ class CsvExport:
             del table  # held by rows until written
             clock.lap("combine")
         else:  # out of core: combined and sorted while written (outofcore.py)
-            logger.info("out of core id=%s: the answers' records cost more than %d MB", rid, budget)
+            logger.info(
+                "out of core id=%s: the answers' records cost more than %d MB%s",
+                rid,
+                budget,
+                "" if cost is not None else "; spilled as read",
+            )
             rows = functools.partial(
                 outofcore.batches,
                 plan,
@@ -173,6 +197,7 @@ class CsvExport:
             with _disk_errors("the CSV"):
                 written, count, types = await _write(plan, rows, f, mixed, self.settings.max_bytes)
             del rows  # the table is not needed during the upload
+            spill.close()
             clock.lap("write")
             stored = await self.storage.put_new(
                 stem,
@@ -253,8 +278,8 @@ class CsvExport:
     # -- upstream ----------------------------------------------------------------
 
     async def _gather(
-        self, plan: ExportPlan
-    ) -> tuple[list[pl.DataFrame], dict[str, str], str, set[int]]:
+        self, plan: ExportPlan, spill: RecordSpill | None = None
+    ) -> tuple[list[Records], dict[str, str], str, set[int]]:
         """Run the metric requests (bounded) and the reference lookup at once.
 
         Returns the records of each metric request, entity names, the export's owner and
@@ -266,9 +291,9 @@ class CsvExport:
         facet = "segments" if plan.dated else "summary"
         budget = AnswerBudget(self.settings.max_answer_bytes)
 
-        async def one(metric: MetricPlan, fields: Schema | None, mixed: set[str]) -> pl.DataFrame:
+        async def one(metric: MetricPlan, fields: Schema | None, mixed: set[str]) -> Records:
             async with limit:
-                return await self._metric(metric, budget, facet, fields, mixed)
+                return await self._metric(metric, budget, facet, fields, mixed, spill)
 
         same: dict[bytes, list[int]] = {}  # one upstream request → the metric requests it serves
         mixed_of: dict[int, set[str]] = {}
@@ -276,7 +301,7 @@ class CsvExport:
             same.setdefault(fingerprint(m.route, m.body), []).append(n)
         try:
             async with asyncio.TaskGroup() as tg:
-                task_of: dict[int, asyncio.Task[pl.DataFrame]] = {}
+                task_of: dict[int, asyncio.Task[Records]] = {}
                 for served in same.values():
                     mixed: set[str] = set()  # the reader adds the fields that mix types
                     first = plan.metrics[served[0]]
@@ -305,7 +330,8 @@ class CsvExport:
         facet: str,
         fields: Schema | None,
         mixed: set[str],
-    ) -> pl.DataFrame:
+        spill: RecordSpill | None = None,
+    ) -> Records:
         """One metric request's records, read as its answer arrives (answers.py).
 
         An answer the streaming reader cannot trust is asked for again and read whole
@@ -317,7 +343,10 @@ class CsvExport:
                 inbox = _Inbox()
                 try:
                     return await self._fetch(
-                        metric, budget, inbox, lambda: AnswerReader(facet, fields, mixed)
+                        metric,
+                        budget,
+                        inbox,
+                        lambda: AnswerReader(facet, fields, mixed, spill=spill),
                     )
                 except ReadAgain:
                     logger.info("the answer of %s is read again, whole", echo(metric.metric_id))
@@ -339,7 +368,7 @@ class CsvExport:
         budget: AnswerBudget,
         inbox: _Inbox,
         new_reader: Callable[[], AnswerReader],
-    ) -> pl.DataFrame:
+    ) -> Records:
         async def fetch() -> None:
             await self.metrics.request_into("metric", metric.route, metric.body, inbox, budget)
             inbox.close()
@@ -444,7 +473,7 @@ class _Inbox:
         return parts, self.generation, self.done
 
 
-async def _read(inbox: _Inbox, new_reader: Callable[[], AnswerReader]) -> pl.DataFrame:
+async def _read(inbox: _Inbox, new_reader: Callable[[], AnswerReader]) -> Records:
     """Feed an answer's parts to a reader as they come, in worker threads; its frame."""
     reader, generation = new_reader(), 0
     try:
@@ -483,7 +512,7 @@ def _disk_error(what: str, exc: OSError) -> StorageFailed:
     return StorageFailed(f"{what} could not be written to the spill directory: {exc.strerror}")
 
 
-def _finish(reader: AnswerReader, parts: list[bytes]) -> pl.DataFrame:
+def _finish(reader: AnswerReader, parts: list[bytes]) -> Records:
     reader.feed(parts)
     return reader.finish()
 
