@@ -7,7 +7,8 @@ Cases (bench/README.md says what each means):
   hostile      200 invalid 1 MiB bodies and 20 seed requests while the big export runs
   huge         the big export for 4,000 locations: 8.76M rows, out of core
   pair         two big exports at once on one worker
-  scaling      0.25M to 2M rows (subsets of the big export's locations) and the huge case
+  scaling      0.25M to 2M rows (subsets of the big export's locations) and the huge case,
+               with the default memory budget and with 256 MB
 
 Results go to bench/results/latest.json.
 """
@@ -144,11 +145,12 @@ async def big_case() -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def one_export(case: str, rid: str) -> dict[str, Any]:
-    """One export of ``case`` on a fresh worker: time, peak RSS, stages, the reply's item."""
+async def one_export(case: str, rid: str, **env: str) -> dict[str, Any]:
+    """One export of ``case`` on a fresh worker (``env`` added to its environment): time,
+    peak RSS, stages, the reply's item."""
     server, info = await replay(case)
     try:
-        w = await worker(info)
+        w = await worker({**info, "env": {**info["env"], **env}})
         started = time.perf_counter()
         reply = await submit(info["submit"], frame(rid, request(case)), timeout_s=900)
         seconds = time.perf_counter() - started
@@ -157,7 +159,9 @@ async def one_export(case: str, rid: str) -> dict[str, Any]:
         await w.wait_for_line(f"stages id={rid} ")
         run = {"seconds": seconds, "peak_rss": w.peak_rss(), "item": reply["body"][0],
                "stages": stages_of(w, rid),
-               "out_of_core": any(f"out of core id={rid}" in line for line in w.lines)}  # fmt: skip
+               "out_of_core": any(f"out of core id={rid}" in line for line in w.lines),
+               "spilled": any(f"out of core id={rid}" in line and "spilled as read" in line
+                              for line in w.lines)}  # fmt: skip
         await w.stop(within=120)
     finally:
         await server.stop()
@@ -206,18 +210,37 @@ async def pair_case() -> dict[str, Any]:
             "rss_ratio": peak / alone["peak_rss"]}  # fmt: skip
 
 
+#: The scaling table's second budget: small enough that the huge export's records spill.
+SMALL_BUDGET_MB = 256
+
+
 async def scaling_case() -> dict[str, Any]:
-    print("scaling: the big export for fewer locations, then the huge case", flush=True)
+    print("scaling: the big export for fewer locations, then the huge case, with the default "
+          f"budget and with {SMALL_BUDGET_MB} MB", flush=True)  # fmt: skip
     ensure_scaling_data()
     table = []
     for case in [*SCALING, "huge"]:
-        run = await one_export(case, f"{case}-0")
-        rows = run["item"]["rowCount"]
-        table.append({"case": case, "rows": rows, "seconds": run["seconds"],
-                      "peak_rss": run["peak_rss"], "out_of_core": run["out_of_core"]})  # fmt: skip
-        print(f"  {rows:>9,} rows: {run['seconds']:6.2f} s, {run['peak_rss'] / 1e9:.2f} GB"
-              f"{' (out of core)' if run['out_of_core'] else ''}", flush=True)  # fmt: skip
-    return {"table": table}
+        row: dict[str, Any] = {"case": case}
+        for budget, at in (("", ""), (str(SMALL_BUDGET_MB), "small_")):
+            env = {"CSVGEN_MEMORY_BUDGET_MB": budget} if budget else {}
+            run = await one_export(case, f"{case}-{at}0", **env)
+            row.update({"rows": run["item"]["rowCount"], f"{at}seconds": run["seconds"],
+                        f"{at}peak_rss": run["peak_rss"], f"{at}sha256": run["item"]["sha256"],
+                        f"{at}out_of_core": run["out_of_core"],
+                        f"{at}spilled": run["spilled"]})  # fmt: skip
+            print(f"  {row['rows']:>9,} rows, budget {budget or 'default'}: "
+                  f"{run['seconds']:6.2f} s, {run['peak_rss'] / 1e9:.2f} GB{_where(run)}",
+                  flush=True)  # fmt: skip
+        row["same_bytes"] = row["sha256"] == row["small_sha256"]
+        table.append(row)
+    return {"table": table, "small_budget_mb": SMALL_BUDGET_MB}
+
+
+def _where(run: dict[str, Any]) -> str:
+    """How an export ran: in memory, out of core, or out of core with its records spilled."""
+    if run.get("spilled"):
+        return " (out of core, records spilled)"
+    return " (out of core)" if run["out_of_core"] else ""
 
 
 async def small_case() -> dict[str, Any]:
@@ -348,12 +371,18 @@ def report(results: dict[str, Any]) -> None:
               f"({p['alone_peak_rss'] / 1e9:.2f} GB) (target ≤ 2); "
               f"same bytes as alone: {p['same_bytes']}")  # fmt: skip
     if "scaling" in results:
-        print("scaling (one run each): rows, seconds, µs a row, peak RSS")
+        small = results["scaling"].get("small_budget_mb")
+        print("scaling (one run each): rows, seconds, µs a row, peak RSS; then with a budget "
+              f"of {small} MB")  # fmt: skip
         for r in results["scaling"]["table"]:
             per_row = r["seconds"] / r["rows"] * 1e6
-            where = "  out of core" if r["out_of_core"] else ""
-            print(f"  {r['rows']:>10,}  {r['seconds']:7.2f} s  {per_row:5.2f}"
-                  f"  {r['peak_rss'] / 1e9:.2f} GB{where}")  # fmt: skip
+            line = (f"  {r['rows']:>10,}  {r['seconds']:7.2f} s  {per_row:5.2f}"
+                    f"  {r['peak_rss'] / 1e9:.2f} GB{_where(r)}")  # fmt: skip
+            if "small_seconds" in r:
+                line += (f" | {r['small_seconds']:7.2f} s  {r['small_peak_rss'] / 1e9:.2f} GB"
+                         f"{_where({k[6:]: v for k, v in r.items() if k.startswith('small_')})}"
+                         f"{'' if r['same_bytes'] else '  NOT THE SAME BYTES'}")  # fmt: skip
+            print(line)
 
 
 def report_big(big: dict[str, Any]) -> None:
