@@ -131,6 +131,33 @@ async def test_answers_spilled_as_read_give_the_same_bytes_and_leave_nothing(
     assert download(item["signedUrl"]) == download(expected["signedUrl"])
 
 
+async def test_records_spilled_by_an_export_that_times_out_are_removed(
+    bus: FakeBus, metrics: FakeMetrics, tmp_path: Path
+) -> None:
+    """Cancelled (its deadline) while a second answer is awaited: the first answer's
+    records, spilled to disk, are gone when the reply is sent."""
+    body = seed()
+    body["csvFormat"]["columns"].append(
+        {"heading": "Passers-by", "metricId": "p", "fetchValue": "passers_by"}
+    )
+    body["metricRequests"].append({**body["metricRequests"][0], "metricId": "p"})
+    metrics.answers.append(({"route": "entries"}, entries_answer(days=30)))
+    settings = {"memory_budget_mb": 0, "spill_dir": str(tmp_path), "export_timeout_s": 2}
+    async with running_exporter(bus, metrics, max_metric_concurrency=1, **settings):
+        await bus.send(request("late", body))
+        assert await metrics.answered.get() == "entries"
+        metrics.hold.clear()  # the second answer never comes
+        # One metric request at a time: the second is sent once the first answer is read.
+        while await metrics.received.get() != "passers-by":
+            pass
+        [records] = os.listdir(tmp_path)
+        assert records.startswith("csvgen-records-") and os.listdir(tmp_path / records)
+        _, payload = await bus.reply()
+        metrics.hold.set()
+    assert payload["error"]["code"] == "export_timeout"
+    assert os.listdir(tmp_path) == []
+
+
 # -- in process: the same table whatever the values ---------------------------------------
 
 NUMBERS = st.one_of(
