@@ -290,3 +290,21 @@ def test_a_spill_directory_gone_is_storage_failed_and_nothing_spills_after_close
     with pytest.raises(StorageFailed):
         AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=closed).feed([data])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_answer_kept_in_memory_still_counts_against_the_limit(tmp_path: Path) -> None:
+    """The records of an answer finished in memory are still held (by the export): the
+    next answer spills once both pass the limit, even after the first reader is closed."""
+    data = doc(PLAIN, copies=60)
+    size = to_frame(data, "segments", FIELDS).estimated_size()
+    spill = RecordSpill(limit=size + size // 2, directory=str(tmp_path))
+    first = AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=spill)
+    first.feed([data])
+    kept = first.finish()
+    first.close()  # as the route does once a reader is done
+    second = AnswerReader("segments", FIELDS, small=SMALL, batch=BATCH, spill=spill)
+    second.feed([data])
+    spilled = second.finish()
+    assert isinstance(kept, pl.DataFrame) and isinstance(spilled, pl.LazyFrame)
+    assert spilled.collect().equals(kept)
+    spill.close()

@@ -315,11 +315,12 @@ class AnswerReader:
         if not isinstance(rest, dict) or rest.get(self.facet) != [] or "error" in rest:
             raise ReadAgain
         self._read(_ndjson(data, 0, end + 1))
-        if self._files:
-            if self._frames:
+        if self._files or (self.spill is not None and self.spill.spilling):
+            if self._frames or not self._files:
                 self._write_out()
             return pl.scan_ipc(self._files)
         frames, self._frames = self._frames, []
+        self._frames_size = 0  # the caller holds them now: still counted by the spill
         return pl.concat(frames, rechunk=False)
 
     def close(self) -> None:

@@ -355,7 +355,7 @@ class CsvExport:
                         metric,
                         budget,
                         _Inbox(),
-                        lambda: AnswerReader(facet, fields, mixed, whole=True),
+                        lambda: AnswerReader(facet, fields, mixed, whole=True, spill=spill),
                     )
         except TimeoutError:
             raise MetricTimeout(metric.metric_id, timeout) from None
