@@ -334,18 +334,22 @@ async def test_entity_names_are_looked_up_once_an_hour(
     assert [route for _, route, _ in metrics.requests].count("detail/list") == 1
 
 
+@pytest.mark.parametrize(
+    ("budget", "what"), [(1024, "the CSV"), (0, "the answers' records")], ids=["csv", "records"]
+)
 async def test_a_spill_directory_gone_is_storage_failed_and_leaves_nothing(
-    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, tmp_path: Path
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, tmp_path: Path, budget: int, what: str
 ) -> None:
-    """CSVGEN_SPILL_DIR removed (or full) after start: storage_failed, no object, no path."""
+    """CSVGEN_SPILL_DIR removed (or full) after start: storage_failed, no object, no path;
+    with a budget of 0 the answers' records are the first to go there."""
     metrics.answers.append(({"route": "entries"}, entries_answer(days=5)))
     gone = tmp_path / "gone"
-    async with running_exporter(bus, metrics, spill_dir=str(gone)):
+    async with running_exporter(bus, metrics, spill_dir=str(gone), memory_budget_mb=budget):
         await bus.send(request("disk"))
         _, payload = await bus.reply()
     assert payload["error"]["code"] == "storage_failed"
     assert payload["error"]["message"] == (
-        "the CSV could not be written to the spill directory: No such file or directory"
+        f"{what} could not be written to the spill directory: No such file or directory"
     )
     assert "Contents" not in s3.client().list_objects_v2(Bucket="aura-exports")
 
