@@ -231,6 +231,61 @@ def test_out_of_core_sorts_like_polars(
     assert signs == [math.copysign(1, v) if v == 0 else None for v in in_memory["c2"]]
 
 
+KEYED = st.lists(
+    st.tuples(st.integers(0, 6), st.sampled_from([*LOCATIONS, ""]), NUMBERS),
+    max_size=30,
+    unique_by=lambda r: (r[0], r[1]),
+)
+
+
+@given(
+    entries=KEYED,
+    passers=KEYED,
+    column=st.sampled_from([0, 1, 2, 3]),
+    spilled=st.one_of(st.none(), st.integers(1, 5)),
+)
+def test_two_answers_join_out_of_core_as_in_memory(
+    entries: list[tuple[int, str, float | None]],
+    passers: list[tuple[int, str, float | None]],
+    column: int,
+    spilled: int | None,
+) -> None:
+    """Two metric requests whose keys overlap anywhere (a missing location included): the
+    full outer join out of core gives the rows of the in-memory join, in its order."""
+    body = seed()
+    body["metricRequests"][0]["entities"] = LOCATIONS
+    body["metricRequests"].append({**body["metricRequests"][0], "metricId": "p"})
+    body["csvFormat"]["columns"] = [
+        {"heading": "Date"},
+        {"heading": "Location"},
+        {"heading": "Entries", "metricId": "m", "fetchValue": "entries"},
+        {"heading": "Passers-by", "metricId": "p", "fetchValue": "passers_by"},
+    ]
+    body["csvFormat"]["sortBy"] = [column]
+    plan = make_plan(body, Limits(50, 500))
+    frames = [
+        pl.DataFrame(
+            {
+                "index": [f"2024-01-{d + 1:02d}T00:00:00.000" for d, _, _ in rows],
+                "location": [loc for _, loc, _ in rows],
+                field: [v for _, _, v in rows],
+            },
+            schema={"index": pl.String, "location": pl.String, field: pl.Float64},
+        )
+        for rows, field in ((entries, "entries"), (passers, "passers_by"))
+    ]
+    as_text = pl.col(pl.Categorical).cast(pl.String)
+    in_memory = combine(plan, frames).with_columns(as_text)
+    with tempfile.TemporaryDirectory() as work:
+        spill = RecordSpill(limit=0, directory=work)
+        records = [f if spilled is None else pl.scan_ipc(spill.write([f])) for f in frames]
+        slices = {"slice_rows": spilled} if spilled else {}
+        rows_of = outofcore.batches(plan, records, None, memory_mb=64, spill_dir=work, **slices)
+        out_of_core = pl.concat(list(rows_of)).with_columns(as_text)
+        spill.close()
+    assert out_of_core.equals(in_memory)
+
+
 def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> None:
     """Cancelled (the writer stops at its next batch and closes the rows): DuckDB's work
     directory is gone before the export ends; it exists only while rows come."""
