@@ -344,3 +344,20 @@ def test_a_cell_twice_across_the_slices_of_a_spilled_answer_is_found_and_named(
     assert f"row 2024-01-01/{LOCATIONS[0]}" in spilled.value.message
     spill.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_spill_directory_of_any_name_holds_the_parts(tmp_path: Path) -> None:
+    """The parts' files are named inside the export's work directory, whatever the spill
+    directory is called (one named like them included)."""
+    plan = plan_sorted_by(0)
+    frame = pl.DataFrame(
+        {"index": ["2024-01-01T00:00:00.000"], "location": [L1], "entries": [1.0], "note": [""]}
+    )
+    spill_dir = tmp_path / "part-1"
+    spill_dir.mkdir()
+    spill = RecordSpill(limit=0, directory=str(spill_dir))
+    records: list[Records] = [pl.scan_ipc(spill.write([frame]))]
+    rows = outofcore.batches(plan, records, None, memory_mb=64, spill_dir=str(spill_dir))
+    assert pl.concat(list(rows)).height == 1
+    spill.close()
+    assert os.listdir(spill_dir) == []

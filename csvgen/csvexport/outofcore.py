@@ -182,8 +182,8 @@ def _parts_on_disk(
     tables: list[Any] = []
     for n in range(len(owners)):
         ranked = []
-        for path in pieces[n]:
-            ranked.append(path.replace("part-", "ranked-").replace(".arrow", ".parquet"))
+        for i, path in enumerate(pieces[n]):
+            ranked.append(os.path.join(work, f"ranked-{n}-{i}.parquet"))
             piece = pl.scan_ipc(path).with_columns(text_ranks(k, texts[k]) for k in keys)
             try:
                 piece.sink_parquet(ranked[-1])
