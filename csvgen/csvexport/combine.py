@@ -294,7 +294,7 @@ def _value(frame: pl.DataFrame, metric: MetricPlan, col: ColumnSpec) -> pl.Expr:
 
 def _has_twice(table: pl.DataFrame, keys: list[str]) -> bool:
     """Whether some key may be there twice (hashes: a collision says yes)."""
-    return table.height > 1 and any_twice(key_hashes(table, keys))  # (height: no hashing)
+    return table.height > 1 and any_twice(key_hashes(table, keys))
 
 
 def key_hashes(table: pl.DataFrame, keys: list[str]) -> pl.Series:
