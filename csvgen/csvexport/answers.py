@@ -123,7 +123,7 @@ class RecordSpill:
                     self._work = tempfile.mkdtemp(prefix="csvgen-records-", dir=self._directory)
                 self._files += 1
                 path = os.path.join(self._work, f"records-{self._files}.arrow")
-            pl.concat(frames, rechunk=False).write_ipc(path)
+            pl.concat(frames, rechunk=False).write_ipc(path, compression="lz4")
         except OSError as exc:
             raise StorageFailed(
                 f"the answers' records could not be written to the spill directory: {exc.strerror}"

@@ -174,7 +174,7 @@ def _parts_on_disk(
         for k in keys:
             seen[k].append(part.get_column(k).unique())
         path = os.path.join(work, f"part-{n}-{len(pieces.setdefault(n, []))}.arrow")
-        part.write_ipc(path)
+        part.write_ipc(path, compression="lz4")
         pieces[n].append(path)
         del part
     _check_pieces(range(done, len(owners)), pieces, hashes, owners, keys)
