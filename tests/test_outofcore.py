@@ -361,3 +361,32 @@ def test_a_spill_directory_of_any_name_holds_the_parts(tmp_path: Path) -> None:
     assert pl.concat(list(rows)).height == 1
     spill.close()
     assert os.listdir(spill_dir) == []
+
+
+def test_five_hundred_parts_join_out_of_core_as_in_memory() -> None:
+    """As many parts as a body may make (a column each): out of core, in a small budget,
+    they give the in-memory rows (joined one after another, 500 parts passed DuckDB's
+    expression depth limit; joined in a tree, they did not fit in 256 MB)."""
+    body = seed()
+    template = body["metricRequests"][0]
+    body["metricRequests"] = [{**template, "metricId": f"m{n}"} for n in range(500)]
+    body["csvFormat"]["columns"] = [
+        {"heading": "Date"},
+        *({"heading": f"E{n}", "metricId": f"m{n}", "fetchValue": "entries"} for n in range(500)),
+    ]
+    plan = make_plan(body, Limits(500, 501))
+    frames = [
+        pl.DataFrame(
+            {
+                "index": [f"2024-01-{d % 28 + 1:02d}T00:00:00.000" for d in (n, n + 1)],
+                "location": [L1, L1],
+                "entries": [float(n), None],
+            }
+        )
+        for n in range(500)
+    ]
+    as_text = pl.col(pl.Categorical).cast(pl.String)
+    in_memory = combine(plan, frames).with_columns(as_text)
+    rows = outofcore.batches(plan, list(frames), None, memory_mb=64, spill_dir=None)
+    assert pl.concat(list(rows)).with_columns(as_text).equals(in_memory)
+    assert in_memory.height == 28

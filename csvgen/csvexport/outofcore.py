@@ -209,31 +209,54 @@ def _check_pieces(
             check_parts([pl.scan_ipc(pieces[n]).select(keys).collect()], [owners[n]], keys)
 
 
+#: Up to this many parts DuckDB joins them; past it, it stacks and groups them.
+JOINED_PARTS = 8
+
+
 def _query(columns: list[list[str]], keys: list[str], order: list[str]) -> str:
     """SQL for the sorted rows of the registered parts ``g0…``, whose columns other than
     the key are ``columns``.
 
-    Parts whose keys are unique, joined one after another by full outer joins on the key
-    with nulls equal (``IS NOT DISTINCT FROM``), as in memory: a column in several parts
-    (the entity's name, the same in each) is taken from whichever has the row. On the
-    huge export this is twice as fast as stacking the parts and grouping them by the key
-    (1.2 against 2.4 s).
+    Parts whose keys are unique, joined by full outer joins on the key with nulls equal
+    (``IS NOT DISTINCT FROM``), or stacked and grouped by the key, give the rows of the
+    in-memory join; a column in several parts (the entity's name, the same in each)
+    is taken from whichever has the row. Joins are twice as fast on the huge export
+    (1.2 against 2.4 s), but each needs its own memory: 500 parts joined did not fit
+    in 256 MB, and joined one after another they passed DuckDB's expression depth limit.
+    So many parts are grouped (the query is then linear in the parts).
     """
     q = _quoted
-    source, have = "g0", list(columns[0])
-    for n, more in enumerate(columns[1:], start=1):
-        on = " AND ".join(f"a.{q(k)} IS NOT DISTINCT FROM b.{q(k)}" for k in keys)
-        picked = [f"COALESCE(a.{q(k)}, b.{q(k)}) AS {q(k)}" for k in keys]
-        picked += [f"COALESCE(a.{q(c)}, b.{q(c)}) AS {q(c)}" if c in more else f"a.{q(c)}"
-                   for c in have]  # fmt: skip
-        picked += [f"b.{q(c)}" for c in more if c not in have]
-        have += [c for c in more if c not in have]
-        source = f"(SELECT {', '.join(picked)} FROM {source} AS a FULL JOIN g{n} AS b ON {on})"
+    if len(columns) <= JOINED_PARTS:
+        source, have = _joined(columns, keys)
+    else:
+        have = list(dict.fromkeys(c for part in columns for c in part))
+        stacked = " UNION ALL BY NAME ".join(f"SELECT * FROM g{n}" for n in range(len(columns)))
+        picked = [*map(q, keys), *(f"any_value({q(v)}) AS {q(v)}" for v in have)]
+        grouped = ", ".join(map(q, keys))
+        source = f"(SELECT {', '.join(picked)} FROM ({stacked}) GROUP BY {grouped})"
     # Like polars' sort on several columns (a float column always comes with the key):
     # -0.0 and 0.0 are equal, NaN after every number, nulls last.
     sort = [f"{q(c)} ASC NULLS LAST" for c in order]
     selected = [*map(q, keys), *map(q, have)]
     return f"SELECT {', '.join(selected)} FROM {source} ORDER BY {', '.join(sort)}"
+
+
+def _joined(columns: list[list[str]], keys: list[str]) -> tuple[str, list[str]]:
+    """The full outer join of the parts, one after another, as SQL; its columns other
+    than the key."""
+    q = _quoted
+    source, have = "g0", list(columns[0])
+    on = " AND ".join(f"a.{q(k)} IS NOT DISTINCT FROM b.{q(k)}" for k in keys)
+    for n, more in enumerate(columns[1:], start=1):
+        shared = set(more)
+        picked = [f"COALESCE(a.{q(k)}, b.{q(k)}) AS {q(k)}" for k in keys]
+        picked += [f"COALESCE(a.{q(c)}, b.{q(c)}) AS {q(c)}" if c in shared else f"a.{q(c)}"
+                   for c in have]  # fmt: skip
+        known = set(have)
+        picked += [f"b.{q(c)}" for c in more if c not in known]
+        have += [c for c in more if c not in known]
+        source = f"(SELECT {', '.join(picked)} FROM {source} AS a FULL JOIN g{n} AS b ON {on})"
+    return source, have
 
 
 def _ranked(
