@@ -171,14 +171,20 @@ TEXT = st.one_of(st.none(), st.sampled_from(["", "a", "B", "é", "=x"]), st.text
 LOCATIONS = [L1, "64a1b2c3d4e5f6a7b8c9d0f1", "64a1b2c3d4e5f6a7b8c9d0f2"]
 
 
-def plan_sorted_by(column: int) -> Any:
+ENTRIES_AND_NOTE = (("Entries", "m", "entries"), ("Note", "m", "note"))
+
+
+def plan_sorted_by(column: int, values: tuple[tuple[str, str, str], ...] = ENTRIES_AND_NOTE) -> Any:
+    """Date, Location, then a column for each (heading, metric request, fetchValue) of
+    ``values``; a metric request for each metric id, over LOCATIONS."""
     body = seed()
     body["metricRequests"][0]["entities"] = LOCATIONS
+    for mid in dict.fromkeys(mid for _, mid, _ in values if mid != "m"):
+        body["metricRequests"].append({**body["metricRequests"][0], "metricId": mid})
     body["csvFormat"]["columns"] = [
         {"heading": "Date"},
         {"heading": "Location"},
-        {"heading": "Entries", "metricId": "m", "fetchValue": "entries"},
-        {"heading": "Note", "metricId": "m", "fetchValue": "note"},
+        *({"heading": h, "metricId": mid, "fetchValue": v} for h, mid, v in values),
     ]
     body["csvFormat"]["sortBy"] = [column]
     return make_plan(body, Limits(50, 500))
@@ -252,17 +258,7 @@ def test_two_answers_join_out_of_core_as_in_memory(
 ) -> None:
     """Two metric requests whose keys overlap anywhere (a missing location included): the
     full outer join out of core gives the rows of the in-memory join, in its order."""
-    body = seed()
-    body["metricRequests"][0]["entities"] = LOCATIONS
-    body["metricRequests"].append({**body["metricRequests"][0], "metricId": "p"})
-    body["csvFormat"]["columns"] = [
-        {"heading": "Date"},
-        {"heading": "Location"},
-        {"heading": "Entries", "metricId": "m", "fetchValue": "entries"},
-        {"heading": "Passers-by", "metricId": "p", "fetchValue": "passers_by"},
-    ]
-    body["csvFormat"]["sortBy"] = [column]
-    plan = make_plan(body, Limits(50, 500))
+    plan = plan_sorted_by(column, (("Entries", "m", "entries"), ("Passers-by", "p", "passers_by")))
     frames = [
         pl.DataFrame(
             {
