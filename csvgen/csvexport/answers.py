@@ -299,9 +299,10 @@ class AnswerReader:
         if not self._streaming:
             parts, self._held = self._held, []
             frame = to_frame(parts, self.facet, self.fields, self.mixed)
-            if self.spill is None or not self.spill.hold(int(frame.estimated_size())):
+            size = int(frame.estimated_size())
+            if self.spill is None or not self.spill.hold(size):
                 return frame
-            self._frames, self._frames_size = [frame], int(frame.estimated_size())
+            self._frames, self._frames_size = [frame], size
             self._write_out()
             return pl.scan_ipc(self._files)
         data = b"".join([self._rest, *self._pending])
