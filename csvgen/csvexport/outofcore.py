@@ -11,8 +11,9 @@ same and so are the bytes:
   twice and finished (entity names, values as written) by polars, as in memory;
 - the keys go to DuckDB as the ranks of their texts (byte order), small integers;
 - DuckDB joins the parts one after another on the row key (full outer joins of parts
-  whose keys are unique, nulls equal), then sorts with polars' order: ascending,
-  nulls last, text by bytes, ``-0.0`` equal to ``0.0``, NaN after every number;
+  whose keys are unique, nulls equal; many parts are stacked and grouped), then sorts
+  with polars' order: ascending, nulls last, text by bytes, ``-0.0`` equal to ``0.0``,
+  NaN after every number;
 - the sorted rows come back in batches, which the CSV writer writes one by one.
 
 DuckDB works in a directory made for the export in the spill directory, removed
