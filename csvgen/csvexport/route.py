@@ -197,7 +197,7 @@ class CsvExport:
             with _disk_errors("the CSV"):
                 written, count, types = await _write(plan, rows, f, mixed, self.settings.max_bytes)
             del rows  # the table is not needed during the upload
-            spill.close()
+            await asyncio.to_thread(spill.close)  # files of hundreds of MB: off the loop
             clock.lap("write")
             stored = await self.storage.put_new(
                 stem,
