@@ -35,6 +35,8 @@ under ``MAX_REPLY_BYTES``.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -296,6 +298,17 @@ class ExportTimeout(ServiceError):
 class StorageFailed(ServiceError):
     code = "storage_failed"
     status = 502
+
+    @classmethod
+    def spill(cls, what: str, exc: OSError) -> StorageFailed:
+        """``what`` could not be written to the spill directory (CSVGEN_SPILL_DIR, full or
+        gone): the reason, never a path. Python's OSError has it as ``strerror``; the one
+        polars raises has only a text, holding ``(os error N)`` or Python's ``[Errno N]``."""
+        reason = exc.strerror
+        if reason is None:
+            number = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(exc))
+            reason = os.strerror(int(number[1] or number[2])) if number else "input/output error"
+        return cls(f"{what} could not be written to the spill directory: {reason}")
 
 
 class Overloaded(ServiceError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,9 +15,10 @@ from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
 from tests.conftest import S3Server
-from tests.fakes import FakeBus, FakeMetrics, StrippingProxy
+from tests.fakes import FakeBus, FakeMetrics, RawFrames, StrippingProxy
 from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
+from tests.test_plan import L1
 
 TOKEN = "tok-do-not-log-4711"
 
@@ -60,6 +63,56 @@ async def test_sigterm_drains_then_exits_zero(
     assert "request id=slow route=external-service/csv-generator outcome=ok" in log
     assert TOKEN not in log
     assert "X-Amz-Signature" not in log
+
+
+@pytest.mark.parametrize(
+    ("budget", "days", "what"),
+    [("1024", 4_000, "the CSV"), ("16", 200_000, "the answers' records")],
+    ids=["csv", "records"],
+)
+async def test_a_full_spill_directory_is_storage_failed_and_leaves_nothing(
+    bus: FakeBus,
+    metrics: FakeMetrics,
+    s3: S3Server,
+    tmp_path: Path,
+    budget: str,
+    days: int,
+    what: str,
+) -> None:
+    """The disk fills up under an export (each file the worker writes limited to 16 KiB):
+    storage_failed, no object and no file left; the worker goes on with the next export.
+    Past half a budget of 16 MB (600,000 records) the answers' records fill it first."""
+    answer = entries_answer(days=days, entities=(L1, f"{L1[:-1]}1", f"{L1[:-1]}2"))
+    metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=16)))
+    env = worker_env(
+        bus,
+        metrics,
+        s3,
+        CSVGEN_SPILL_DIR=str(tmp_path),
+        CSVGEN_MEMORY_BUDGET_MB=budget,
+        TEST_FILE_SIZE_LIMIT=str(16 * 1024),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    worker = await Child("run", env=env, module="tests.limited").start()
+    try:
+        await bus.send(request("large"))
+        _, failed = await bus.reply()
+        assert os.listdir(tmp_path) == []
+        metrics.answers.insert(0, ({"route": "entries"}, entries_answer(days=5)))
+        await bus.send(request("small"))
+        _, done = await bus.reply()
+    finally:
+        await worker.stop()
+    assert (failed["error"]["code"], failed["error"]["message"]) == (
+        "storage_failed",
+        f"{what} could not be written to the spill directory: File too large",
+    )
+    [item] = done["body"]
+    assert item["rowCount"] == 5
+    stored = s3.client().list_objects_v2(Bucket="aura-exports")["Contents"]
+    exports = {o["Key"] for o in stored if "/.receipts/" not in o["Key"]}
+    assert exports == {item["key"], item["manifestKey"]}
+    assert os.listdir(tmp_path) == []
 
 
 async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> None:

@@ -125,9 +125,7 @@ class RecordSpill:
                 path = os.path.join(self._work, f"records-{self._files}.arrow")
             pl.concat(frames, rechunk=False).write_ipc(path, compression="lz4")
         except OSError as exc:
-            raise StorageFailed(
-                f"the answers' records could not be written to the spill directory: {exc.strerror}"
-            ) from None
+            raise StorageFailed.spill("the answers' records", exc) from None
         return path
 
     def close(self) -> None:

@@ -504,12 +504,7 @@ def _disk_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise _disk_error(what, exc) from None
-
-
-def _disk_error(what: str, exc: OSError) -> StorageFailed:
-    """A full or missing spill directory (CSVGEN_SPILL_DIR): no path in the reply."""
-    return StorageFailed(f"{what} could not be written to the spill directory: {exc.strerror}")
+        raise StorageFailed.spill(what, exc) from None
 
 
 def _finish(reader: AnswerReader, parts: list[bytes]) -> Records:
