@@ -3,11 +3,14 @@ nothing left in the spill directory."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
 import os
+import resource
 import tempfile
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from csvgen.csvexport import outofcore
 from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, Records, RecordSpill
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.plan import Limits, make_plan
-from csvgen.errors import MetricFailed
+from csvgen.errors import MetricFailed, StorageFailed
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
 from tests.test_export import EXPORTS, GOLDEN, download, export
@@ -338,6 +341,48 @@ def test_a_cell_twice_across_the_slices_of_a_spilled_answer_is_found_and_named(
         list(outofcore.batches(plan, records, None, memory_mb=64, spill_dir=None, slice_rows=3))
     assert spilled.value.message == in_memory.value.message
     assert f"row 2024-01-01/{LOCATIONS[0]}" in spilled.value.message
+    spill.close()
+    assert os.listdir(tmp_path) == []
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int) -> Iterator[None]:
+    """Each file this process writes is limited to ``size`` bytes (RLIMIT_FSIZE): a write
+    past it fails as on a full disk (EFBIG; Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Path) -> None:
+    """The records were spilled; the disk fills up while their parts are written to the
+    work directory: StorageFailed, and the work directory is gone, its partial files too."""
+    plan = plan_sorted_by(0)
+    days = 20_000
+    frame = pl.DataFrame(
+        {
+            "index": [f"{date(2000, 1, 1) + timedelta(days=d)}T00:00:00.000" for d in range(days)],
+            "location": [LOCATIONS[d % 3] for d in range(days)],
+            "entries": [d * 1.5 for d in range(days)],
+            "note": [None] * days,
+        },
+        schema={
+            "index": pl.String,
+            "location": pl.String,
+            "entries": pl.Float64,
+            "note": pl.String,
+        },
+    )
+    spill = RecordSpill(limit=0, directory=str(tmp_path))
+    records: list[Records] = [pl.scan_ipc(spill.write([frame]))]
+    rows = outofcore.batches(plan, records, None, memory_mb=64, spill_dir=str(tmp_path))
+    with files_limited_to(16 * 1024), pytest.raises(StorageFailed) as failed:
+        next(rows)
+    assert failed.value.message == outofcore.SPILL_FAILED
+    assert [p.name.startswith("csvgen-records-") for p in tmp_path.iterdir()] == [True]
     spill.close()
     assert os.listdir(tmp_path) == []
 
