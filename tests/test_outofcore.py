@@ -134,6 +134,32 @@ async def test_answers_spilled_as_read_give_the_same_bytes_and_leave_nothing(
     assert download(item["signedUrl"]) == download(expected["signedUrl"])
 
 
+async def test_an_export_past_the_smallest_budget_gives_the_in_memory_bytes(
+    bus: FakeBus,
+    metrics: FakeMetrics,
+    s3: S3Server,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CSVGEN_MEMORY_BUDGET_MB=16, the smallest the setting takes: 120,000 records go out
+    of core, and the CSV is the one of the default budget, byte for byte."""
+    caplog.set_level(logging.INFO, "csvgen")
+    answer = entries_answer(days=60_000, entities=tuple(LOCATIONS))
+    metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=8)))
+    async with running_exporter(bus, metrics, memory_budget_mb=16, spill_dir=str(tmp_path)):
+        await bus.send(request("small-budget"))
+        _, small = await bus.reply()
+    assert any(r.getMessage().startswith("out of core id=small-budget") for r in caplog.records)
+    assert os.listdir(tmp_path) == []
+    async with running_exporter(bus, metrics):
+        await bus.send(request("default-budget"))
+        _, default = await bus.reply()
+    assert not any(r.getMessage().startswith("out of core id=default") for r in caplog.records)
+    [item], [expected] = small["body"], default["body"]
+    assert item["rowCount"] == 180_000 and item["sha256"] == expected["sha256"]
+    assert download(item["signedUrl"]) == download(expected["signedUrl"])
+
+
 async def test_records_spilled_by_an_export_that_times_out_are_removed(
     bus: FakeBus, metrics: FakeMetrics, tmp_path: Path
 ) -> None:
