@@ -116,6 +116,8 @@ class RecordSpill:
             StorageFailed: the spill directory is full or gone.
         """
         try:
+            # The file is made under the lock, so that close() either removes it or
+            # comes first and no file is made: nothing is left whatever the threads do.
             with self._lock:
                 if self._closed:  # a reader's thread outlived its export (cancelled)
                     raise StorageFailed("the export ended")
@@ -123,7 +125,9 @@ class RecordSpill:
                     self._work = tempfile.mkdtemp(prefix="csvgen-records-", dir=self._directory)
                 self._files += 1
                 path = os.path.join(self._work, f"records-{self._files}.arrow")
-            pl.concat(frames, rechunk=False).write_ipc(path, compression="lz4")
+                out = open(path, "wb")  # noqa: SIM115 (closed below)
+            with out:
+                pl.concat(frames, rechunk=False).write_ipc(out, compression="lz4")
         except OSError as exc:
             raise StorageFailed.spill("the answers' records", exc) from None
         return path
