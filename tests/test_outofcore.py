@@ -141,7 +141,7 @@ async def test_an_export_past_the_smallest_budget_gives_the_in_memory_bytes(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """CSVGEN_MEMORY_BUDGET_MB=16, the smallest the setting takes: 120,000 records go out
+    """CSVGEN_MEMORY_BUDGET_MB=16, the smallest the setting takes: 180,000 records go out
     of core, and the CSV is the one of the default budget, byte for byte."""
     caplog.set_level(logging.INFO, "csvgen")
     answer = entries_answer(days=60_000, entities=tuple(LOCATIONS))
@@ -311,12 +311,9 @@ def test_two_answers_join_out_of_core_as_in_memory(
     assert out_of_core.equals(in_memory)
 
 
-def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> None:
-    """Cancelled (the writer stops at its next batch and closes the rows): DuckDB's work
-    directory is gone before the export ends; it exists only while rows come."""
-    plan = plan_sorted_by(0)
-    days = 300_000  # two batches of sorted rows
-    frame = pl.DataFrame(
+def daily(days: int) -> pl.DataFrame:
+    """A record a day from 2000-01-01, over LOCATIONS in turn; entries: the day's number."""
+    return pl.DataFrame(
         {
             "index": [f"{date(2000, 1, 1) + timedelta(days=d)}T00:00:00.000" for d in range(days)],
             "location": [LOCATIONS[d % 3] for d in range(days)],
@@ -330,6 +327,14 @@ def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> 
             "note": pl.String,
         },
     )
+
+
+def test_the_work_directory_goes_when_the_writer_stops_early(tmp_path: Path) -> None:
+    """Cancelled (the writer stops at its next batch and closes the rows): DuckDB's work
+    directory is gone before the export ends; it exists only while rows come."""
+    plan = plan_sorted_by(0)
+    days = 300_000  # two batches of sorted rows
+    frame = daily(days)
     rows = outofcore.batches(plan, [frame], None, memory_mb=64, spill_dir=str(tmp_path))
     first = next(rows)
     assert 0 < first.height < days  # more rows to come
@@ -388,20 +393,7 @@ def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Pat
     work directory: StorageFailed, and the work directory is gone, its partial files too."""
     plan = plan_sorted_by(0)
     days = 20_000
-    frame = pl.DataFrame(
-        {
-            "index": [f"{date(2000, 1, 1) + timedelta(days=d)}T00:00:00.000" for d in range(days)],
-            "location": [LOCATIONS[d % 3] for d in range(days)],
-            "entries": [d * 1.5 for d in range(days)],
-            "note": [None] * days,
-        },
-        schema={
-            "index": pl.String,
-            "location": pl.String,
-            "entries": pl.Float64,
-            "note": pl.String,
-        },
-    )
+    frame = daily(days)
     spill = RecordSpill(limit=0, directory=str(tmp_path))
     records: list[Records] = [pl.scan_ipc(spill.write([frame]))]
     rows = outofcore.batches(plan, records, None, memory_mb=64, spill_dir=str(tmp_path))
