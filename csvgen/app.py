@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from .config import Settings
 from .csvexport.leases import BucketReceipts
 from .csvexport.link import LINK_ROUTE, ExportLinks
 from .csvexport.route import ROUTE, CsvExport
+from .csvexport.workdirs import sweep
 from .errors import ConfigError
 from .metrics import MetricsClient
 from .routes import Router
@@ -27,6 +29,9 @@ async def build_router(
 
     ``now`` pins the export time (tests); by default it is the UTC clock.
     """
+    removed = await asyncio.to_thread(sweep, settings.spill_dir)
+    if removed:
+        logger.warning("work directories of killed workers removed from the spill dir: %d", removed)
     async with MetricsClient(settings) as metrics:
         storage = S3Store(settings.bucket)
         await check_store(settings, storage)

@@ -14,11 +14,13 @@ import pytest
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
+from csvgen.csvexport.workdirs import WorkDir
 from tests.conftest import S3Server
 from tests.fakes import FakeBus, FakeMetrics, RawFrames, StrippingProxy
 from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
 from tests.test_plan import L1
+from tests.test_workdirs import killed_holder
 
 TOKEN = "tok-do-not-log-4711"
 
@@ -113,6 +115,29 @@ async def test_a_full_spill_directory_is_storage_failed_and_leaves_nothing(
     exports = {o["Key"] for o in stored if "/.receipts/" not in o["Key"]}
     assert exports == {item["key"], item["manifestKey"]}
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_worker_starting_removes_what_a_killed_worker_left_in_the_spill_dir(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, tmp_path: Path
+) -> None:
+    """A worker killed outright (SIGKILL, as the OOM killer does) leaves its work
+    directories behind; the next worker to start removes them, not those of a replica
+    still at work."""
+    dead = killed_holder(tmp_path)
+    live = WorkDir("csvgen-duckdb-", str(tmp_path))
+    env = worker_env(bus, metrics, s3, CSVGEN_SPILL_DIR=str(tmp_path))
+    worker = await Child("run", env=env).start()
+    try:
+        await worker.wait_for_line("connected to the bus")
+    finally:
+        await worker.stop()
+    assert any(
+        line.endswith("work directories of killed workers removed from the spill dir: 1")
+        for line in worker.lines
+    )
+    assert not dead.exists()
+    assert os.listdir(tmp_path) == [Path(live.path).name]
+    live.remove()
 
 
 async def test_second_signal_forces_exit(bus: FakeBus, metrics: FakeMetrics) -> None:

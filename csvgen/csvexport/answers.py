@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -42,6 +40,7 @@ import polars as pl
 
 from ..errors import StorageFailed, UpstreamError
 from ..frames import parse_answer
+from .workdirs import WorkDir
 
 __all__ = [
     "SMALL_ANSWER_BYTES",
@@ -87,14 +86,14 @@ class RecordSpill:
     Holding more records than the limit means the export goes out of core anyway (the
     in-memory join costs several times the records: combine.IN_MEMORY_FACTOR), so
     from then on each reader writes its records to an Arrow file in a directory made
-    for the export in ``directory`` (``CSVGEN_SPILL_DIR``). :meth:`close` removes it.
-    Readers in several threads share one spill.
+    for the export in ``directory`` (``CSVGEN_SPILL_DIR``; workdirs.py). :meth:`close`
+    removes it. Readers in several threads share one spill.
     """
 
     def __init__(self, limit: int, directory: str | None) -> None:
         self.limit = limit
         self._directory = directory
-        self._work: str | None = None
+        self._work: WorkDir | None = None
         self._held = 0
         self._files = 0
         self._lock = threading.Lock()
@@ -122,9 +121,9 @@ class RecordSpill:
                 if self._closed:  # a reader's thread outlived its export (cancelled)
                     raise StorageFailed("the export ended")
                 if self._work is None:
-                    self._work = tempfile.mkdtemp(prefix="csvgen-records-", dir=self._directory)
+                    self._work = WorkDir("csvgen-records-", self._directory)
                 self._files += 1
-                path = os.path.join(self._work, f"records-{self._files}.arrow")
+                path = os.path.join(self._work.path, f"records-{self._files}.arrow")
                 out = open(path, "wb")  # noqa: SIM115 (closed below)
             with out:
                 pl.concat(frames, rechunk=False).write_ipc(out, compression="lz4")
@@ -138,7 +137,7 @@ class RecordSpill:
             self._closed = True
             work, self._work = self._work, None
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            work.remove()
 
 
 def to_frame(

@@ -23,8 +23,6 @@ when the export ends, whatever the outcome.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -48,6 +46,7 @@ from .combine import (
     text_ranks,
 )
 from .plan import ColumnSpec, ExportPlan, MetricPlan
+from .workdirs import WorkDir
 
 __all__ = ["BATCH_ROWS", "batches"]
 
@@ -82,7 +81,8 @@ def batches(
     """
     keys = key_names(plan)
     sources = sources_of(plan, keys)
-    work = _work_dir(spill_dir)
+    workdir = _work_dir(spill_dir)
+    work = workdir.path
     try:
         tables: list[Any]  # each part: an Arrow table, or its Parquet files
         if any(isinstance(f, pl.LazyFrame) for f in frames):
@@ -133,12 +133,12 @@ def batches(
     except (duckdb.IOException, OSError):  # the spill directory is full or gone
         raise StorageFailed(SPILL_FAILED) from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        workdir.remove()
 
 
-def _work_dir(spill_dir: str | None) -> str:
+def _work_dir(spill_dir: str | None) -> WorkDir:
     try:
-        return tempfile.mkdtemp(prefix="csvgen-duckdb-", dir=spill_dir)
+        return WorkDir("csvgen-duckdb-", spill_dir)
     except OSError:
         raise StorageFailed(SPILL_FAILED) from None
 

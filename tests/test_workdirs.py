@@ -1,0 +1,59 @@
+"""Work directories in the spill directory: held while their process lives, swept by the
+next worker once it is gone (killed outright, it removed nothing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from csvgen.csvexport.workdirs import WorkDir, sweep
+
+HOLDER = """
+import sys
+from csvgen.csvexport.workdirs import WorkDir
+work = WorkDir(sys.argv[2], sys.argv[1])
+with open(work.path + "/records-1.arrow", "wb") as f:
+    f.write(bytes(4096))
+print(work.path, flush=True)
+sys.stdin.read()
+"""
+
+
+def killed_holder(parent: Path, prefix: str = "csvgen-records-") -> Path:
+    """The work directory of a process killed with SIGKILL while it held it."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(parent), prefix],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        path = Path(proc.stdout.readline().strip())
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    return path
+
+
+def test_the_directories_of_killed_processes_are_swept_and_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    dead = [killed_holder(tmp_path), killed_holder(tmp_path, "csvgen-duckdb-")]
+    assert all((d / "records-1.arrow").is_file() for d in dead)
+    live = WorkDir("csvgen-records-", str(tmp_path))
+    others = [tmp_path / "csvgen-records-file", tmp_path / "keep", tmp_path / "csvgen-new-x"]
+    others[0].write_bytes(b"not a directory")
+    others[1].mkdir()
+    others[2].mkdir()  # being made: no lock yet
+    assert sweep(str(tmp_path)) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted([Path(live.path).name, *(o.name for o in others)])
+    assert sweep(str(tmp_path)) == 0  # the live one stays while held
+    live.remove()
+    live.remove()
+    assert sorted(os.listdir(tmp_path)) == sorted(o.name for o in others)
+
+
+def test_a_sweep_of_a_missing_directory_removes_nothing(tmp_path: Path) -> None:
+    assert sweep(str(tmp_path / "gone")) == 0
