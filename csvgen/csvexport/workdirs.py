@@ -39,14 +39,18 @@ class WorkDir:
 
     def __init__(self, prefix: str, parent: str | None) -> None:
         new = tempfile.mkdtemp(prefix=_NEW, dir=parent)
+        lock = -1
         try:
-            self._lock = os.open(os.path.join(new, _LOCK), os.O_CREAT | os.O_WRONLY, 0o600)
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.path = os.path.join(os.path.dirname(new), prefix + new.rsplit(_NEW, 1)[1])
-            os.rename(new, self.path)
+            lock = os.open(os.path.join(new, _LOCK), os.O_CREAT | os.O_WRONLY, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = os.path.join(os.path.dirname(new), prefix + new.rsplit(_NEW, 1)[1])
+            os.rename(new, path)
         except OSError:
+            if lock >= 0:
+                os.close(lock)
             shutil.rmtree(new, ignore_errors=True)
             raise
+        self.path, self._lock = path, lock
 
     def remove(self) -> None:
         """Remove the directory and all in it, then let its lock go (again: nothing)."""
