@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
+from . import telemetry
 from .config import Settings
 from .csvexport.leases import BucketReceipts
 from .csvexport.link import LINK_ROUTE, ExportLinks
@@ -30,6 +31,7 @@ async def build_router(
     ``now`` pins the export time (tests); by default it is the UTC clock.
     """
     removed = await asyncio.to_thread(sweep, settings.spill_dir)
+    telemetry.SWEPT_DIRS.inc(removed)
     if removed:
         logger.warning("work directories of killed workers removed from the spill dir: %d", removed)
     async with MetricsClient(settings) as metrics:

@@ -18,11 +18,13 @@ __all__ = [
     "EXPORTS_RUNNING",
     "EXPORT_SECONDS",
     "METRIC_REQUESTS",
+    "OUT_OF_CORE",
     "REGISTRY",
     "ROWS_WRITTEN",
     "STAGE_SECONDS",
     "STORE_REQUESTS",
     "STORE_SECONDS",
+    "SWEPT_DIRS",
     "UPSTREAM_BYTES",
 ]
 
@@ -89,5 +91,17 @@ STORE_SECONDS = Histogram(
     "Time spent waiting on the object store, by operation.",
     ["operation"],
     buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+OUT_OF_CORE = Counter(
+    "csvgen_exports_out_of_core_total",
+    "Exports joined and sorted out of core (past CSVGEN_MEMORY_BUDGET_MB), by whether "
+    "their records spilled to disk as they were read.",
+    ["spilled"],
+    registry=REGISTRY,
+)
+SWEPT_DIRS = Counter(
+    "csvgen_spill_dirs_swept_total",
+    "Work directories of killed workers removed from the spill directory at start.",
     registry=REGISTRY,
 )

@@ -6,14 +6,17 @@ import asyncio
 import re
 import signal
 import socket
+from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import S3Server
-from tests.fakes import FakeBus, FakeMetrics
+from tests.fakes import FakeBus, FakeMetrics, RawFrames
 from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
+from tests.test_outofcore import LOCATIONS
+from tests.test_workdirs import killed_holder
 
 ROUTE = "external-service/csv-generator"
 
@@ -98,6 +101,35 @@ async def test_probes_and_metrics_of_a_serving_worker(
         assert await worker.wait() == 0
     finally:
         await worker.kill()
+
+
+async def test_metrics_count_exports_out_of_core_and_swept_spill_dirs(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, tmp_path: Path
+) -> None:
+    """What sizes a worker's budget and disk: the exports that went out of core (by
+    whether their records spilled), and the work directories of killed workers swept."""
+    killed_holder(tmp_path)
+    answer = entries_answer(days=60_000, entities=tuple(LOCATIONS))  # 180,000 records
+    metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=8)))
+    worker, port = await start(
+        {
+            "CSVGEN_BUS_URL": bus.uri,
+            "CSVGEN_METRICS_URL": metrics.uri,
+            "AWS_ENDPOINT_URL_S3": s3.endpoint,
+            "CSVGEN_SPILL_DIR": str(tmp_path),
+            "CSVGEN_MEMORY_BUDGET_MB": "16",
+        }
+    )
+    try:
+        await bus.send(request("past-the-budget"))
+        _, payload = await bus.reply()
+        got = samples((await get(port, "/metrics"))[1])
+    finally:
+        await worker.stop()
+    assert payload["body"][0]["rowCount"] == 180_000
+    assert got[("csvgen_spill_dirs_swept_total", ())] == 1
+    assert got[("csvgen_exports_out_of_core_total", (("spilled", "false"),))] == 1
+    assert ("csvgen_exports_out_of_core_total", (("spilled", "true"),)) not in got
 
 
 async def test_not_ready_while_the_bus_refuses_connections() -> None:

@@ -179,6 +179,7 @@ class CsvExport:
                 budget,
                 "" if cost is not None else "; spilled as read",
             )
+            telemetry.OUT_OF_CORE.labels("false" if cost is not None else "true").inc()
             rows = functools.partial(
                 outofcore.batches,
                 plan,
