@@ -405,14 +405,15 @@ def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Pat
     assert os.listdir(tmp_path) == []
 
 
-def test_a_spill_directory_of_any_name_holds_the_parts(tmp_path: Path) -> None:
-    """The parts' files are named inside the export's work directory, whatever the spill
-    directory is called (one named like them included)."""
+@pytest.mark.parametrize("name", ["part-1", "csvgen-new-1"])
+def test_a_spill_directory_of_any_name_holds_the_parts(tmp_path: Path, name: str) -> None:
+    """The work directories and the parts' files are named inside the spill directory,
+    whatever it is called (named like them included)."""
     plan = plan_sorted_by(0)
     frame = pl.DataFrame(
         {"index": ["2024-01-01T00:00:00.000"], "location": [L1], "entries": [1.0], "note": [""]}
     )
-    spill_dir = tmp_path / "part-1"
+    spill_dir = tmp_path / name
     spill_dir.mkdir()
     spill = RecordSpill(limit=0, directory=str(spill_dir))
     records: list[Records] = [pl.scan_ipc(spill.write([frame]))]
