@@ -11,7 +11,6 @@ import os
 import resource
 import tempfile
 from collections.abc import Iterator
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -313,19 +312,12 @@ def test_two_answers_join_out_of_core_as_in_memory(
 
 def daily(days: int) -> pl.DataFrame:
     """A record a day from 2000-01-01, over LOCATIONS in turn; entries: the day's number."""
-    return pl.DataFrame(
-        {
-            "index": [f"{date(2000, 1, 1) + timedelta(days=d)}T00:00:00.000" for d in range(days)],
-            "location": [LOCATIONS[d % 3] for d in range(days)],
-            "entries": [float(d) for d in range(days)],
-            "note": [None] * days,
-        },
-        schema={
-            "index": pl.String,
-            "location": pl.String,
-            "entries": pl.Float64,
-            "note": pl.String,
-        },
+    day = pl.int_range(0, days, dtype=pl.Int64)
+    return pl.select(
+        index=(pl.date(2000, 1, 1) + pl.duration(days=day)).dt.strftime("%Y-%m-%dT00:00:00.000"),
+        location=pl.lit(pl.Series(LOCATIONS)).gather(day % 3),
+        entries=day.cast(pl.Float64),
+        note=pl.lit(None, dtype=pl.String),
     )
 
 
@@ -402,6 +394,18 @@ def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Pat
     assert failed.value.message == outofcore.SPILL_FAILED
     assert [p.name.startswith("csvgen-records-") for p in tmp_path.iterdir()] == [True]
     spill.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_duckdb_sorts_is_storage_failed(tmp_path: Path) -> None:
+    """Records in memory, but a sort past DuckDB's memory limit (64 MB): DuckDB spills to
+    the work directory, and the disk fills up. StorageFailed, and nothing is left."""
+    rows = outofcore.batches(
+        plan_sorted_by(2), [daily(1_000_000)], None, memory_mb=64, spill_dir=str(tmp_path)
+    )
+    with files_limited_to(1024 * 1024), pytest.raises(StorageFailed) as failed:
+        next(rows)
+    assert failed.value.message == outofcore.SPILL_FAILED
     assert os.listdir(tmp_path) == []
 
 
