@@ -23,7 +23,7 @@ from csvgen.csvexport import outofcore
 from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, Records, RecordSpill
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.plan import Limits, make_plan
-from csvgen.errors import MetricFailed, StorageFailed
+from csvgen.errors import MetricFailed, StorageFailed, TooLarge
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
 from tests.test_export import EXPORTS, GOLDEN, download, export
@@ -394,6 +394,22 @@ def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Pat
     assert failed.value.message == outofcore.SPILL_FAILED
     assert [p.name.startswith("csvgen-records-") for p in tmp_path.iterdir()] == [True]
     spill.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_budget_too_small_even_out_of_core_is_too_large(tmp_path: Path) -> None:
+    """Eight text cells of 10 MB each, sorted on, more than DuckDB's 64 MB: it cannot sort
+    them even spilling, so the export is too_large, naming its budget; nothing is left."""
+    notes = pl.Series("note", ["x" * 10_000_000 if d < 8 else None for d in range(1000)])
+    frame = daily(1000).with_columns(notes)
+    rows = outofcore.batches(
+        plan_sorted_by(3), [frame], None, memory_mb=64, spill_dir=str(tmp_path)
+    )
+    with pytest.raises(TooLarge) as failed:
+        next(rows)
+    assert failed.value.message == (
+        "the export does not fit in its memory budget (64 MB) even out of core"
+    )
     assert os.listdir(tmp_path) == []
 
 
