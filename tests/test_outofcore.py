@@ -397,6 +397,16 @@ def test_a_full_disk_while_the_parts_are_written_is_storage_failed(tmp_path: Pat
     assert os.listdir(tmp_path) == []
 
 
+def test_a_spill_directory_gone_before_duckdb_works_is_storage_failed(tmp_path: Path) -> None:
+    """Records in memory, but no spill directory to make DuckDB's work directory in."""
+    rows = outofcore.batches(
+        plan_sorted_by(0), [daily(10)], None, memory_mb=64, spill_dir=str(tmp_path / "gone")
+    )
+    with pytest.raises(StorageFailed) as failed:
+        next(rows)
+    assert failed.value.message == outofcore.SPILL_FAILED
+
+
 def test_a_budget_too_small_even_out_of_core_is_too_large(tmp_path: Path) -> None:
     """Eight text cells of 10 MB each, sorted on, more than DuckDB's 64 MB: it cannot sort
     them even spilling, so the export is too_large, naming its budget; nothing is left."""
