@@ -100,6 +100,11 @@ class RecordSpill:
         self._closed = False
         self.spilling = False
 
+    @property
+    def wrote(self) -> bool:
+        """Whether records were written out (and are not removed yet)."""
+        return self._work is not None
+
     def hold(self, size: int) -> bool:
         """Count ``size`` more bytes of records held (less when negative); whether
         the export spills."""

@@ -143,10 +143,13 @@ class CsvExport:
 
     async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
         # The records past half the budget go to disk (answers.py), removed once the rows
-        # are written, whatever the outcome.
+        # are written, or when the export ends, whatever the outcome.
         limit = self.settings.memory_budget_mb * 1024 * 1024 // 2
-        with contextlib.closing(RecordSpill(limit, self.settings.spill_dir)) as spill:
+        spill = RecordSpill(limit, self.settings.spill_dir)
+        try:
             return await self._export_spilling(rid, plan, fp, spill)
+        finally:
+            await _remove_spilled(spill)
 
     async def _export_spilling(
         self, rid: str, plan: ExportPlan, fp: bytes, spill: RecordSpill
@@ -198,7 +201,7 @@ class CsvExport:
             with _disk_errors("the CSV"):
                 written, count, types = await _write(plan, rows, f, mixed, self.settings.max_bytes)
             del rows  # the table is not needed during the upload
-            await asyncio.to_thread(spill.close)  # files of hundreds of MB: off the loop
+            await _remove_spilled(spill)
             clock.lap("write")
             stored = await self.storage.put_new(
                 stem,
@@ -506,6 +509,15 @@ def _disk_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise StorageFailed.spill(what, exc) from None
+
+
+async def _remove_spilled(spill: RecordSpill) -> None:
+    """Remove an export's spilled records: off the event loop when there are any (files
+    of hundreds of MB), and to the end even if the export is cancelled meanwhile."""
+    if spill.wrote:
+        await asyncio.shield(asyncio.to_thread(spill.close))
+    else:
+        spill.close()  # nothing to remove; no reader's thread writes after this
 
 
 def _finish(reader: AnswerReader, parts: list[bytes]) -> Records:
