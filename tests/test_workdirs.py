@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from csvgen.csvexport.workdirs import WorkDir, sweep
@@ -57,3 +58,22 @@ def test_the_directories_of_killed_processes_are_swept_and_live_ones_kept(
 
 def test_a_sweep_of_a_missing_directory_removes_nothing(tmp_path: Path) -> None:
     assert sweep(str(tmp_path / "gone")) == 0
+
+
+def test_a_lock_that_is_not_a_file_is_left_and_never_waited_on(tmp_path: Path) -> None:
+    """The spill directory may be a shared /tmp: a directory named like ours whose .lock
+    is a FIFO (opening it to read would wait for a writer forever) or a link is not
+    ours; the sweep leaves it and goes on."""
+    fifo, link = tmp_path / "csvgen-records-fifo", tmp_path / "csvgen-duckdb-link"
+    fifo.mkdir()
+    os.mkfifo(fifo / ".lock")
+    link.mkdir()
+    (link / ".lock").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(b"")
+    removed: list[int] = []
+    sweeping = threading.Thread(target=lambda: removed.append(sweep(str(tmp_path))), daemon=True)
+    sweeping.start()
+    sweeping.join(timeout=30)
+    assert not sweeping.is_alive()
+    assert removed == [0]
+    assert fifo.exists() and link.exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 
 __all__ = ["PREFIXES", "WorkDir", "sweep"]
@@ -70,11 +71,15 @@ def sweep(parent: str | None) -> int:
     for entry in entries:
         if not entry.name.startswith(PREFIXES) or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            lock = os.open(os.path.join(entry.path, _LOCK), os.O_RDONLY)
+        try:  # without blocking (a FIFO put there) or following a link
+            lock = os.open(
+                os.path.join(entry.path, _LOCK), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+            )
         except OSError:  # removed meanwhile (its export ended), or not ours
             continue
         try:
+            if not stat.S_ISREG(os.fstat(lock).st_mode):  # not ours
+                continue
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # held: a live process's
             continue
