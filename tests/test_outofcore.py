@@ -125,12 +125,7 @@ async def test_answers_spilled_as_read_give_the_same_bytes_and_leave_nothing(
     assert os.listdir(tmp_path) == []
     del answer["segments"][-1]
     metrics.answers.insert(0, ({"route": "entries"}, answer))
-    async with running_exporter(bus, metrics):
-        await bus.send(request("in-memory"))
-        _, in_memory = await bus.reply()
-    [item], [expected] = spilled["body"], in_memory["body"]
-    assert item["rowCount"] == 12_000 and item["sha256"] == expected["sha256"]
-    assert download(item["signedUrl"]) == download(expected["signedUrl"])
+    await same_file_in_memory(bus, metrics, caplog, spilled["body"][0], rows=12_000)
 
 
 async def test_an_export_past_the_smallest_budget_gives_the_in_memory_bytes(
@@ -150,12 +145,24 @@ async def test_an_export_past_the_smallest_budget_gives_the_in_memory_bytes(
         _, small = await bus.reply()
     assert any(r.getMessage().startswith("out of core id=small-budget") for r in caplog.records)
     assert os.listdir(tmp_path) == []
+    await same_file_in_memory(bus, metrics, caplog, small["body"][0], rows=180_000)
+
+
+async def same_file_in_memory(
+    bus: FakeBus,
+    metrics: FakeMetrics,
+    caplog: pytest.LogCaptureFixture,
+    item: dict[str, Any],
+    rows: int,
+) -> None:
+    """The same request, exported with the default budget (in memory), stores ``item``'s
+    file byte for byte, of ``rows`` rows."""
     async with running_exporter(bus, metrics):
-        await bus.send(request("default-budget"))
-        _, default = await bus.reply()
-    assert not any(r.getMessage().startswith("out of core id=default") for r in caplog.records)
-    [item], [expected] = small["body"], default["body"]
-    assert item["rowCount"] == 180_000 and item["sha256"] == expected["sha256"]
+        await bus.send(request("in-memory"))
+        _, in_memory = await bus.reply()
+    assert not any(r.getMessage().startswith("out of core id=in-memory") for r in caplog.records)
+    [expected] = in_memory["body"]
+    assert item["rowCount"] == rows and item["sha256"] == expected["sha256"]
     assert download(item["signedUrl"]) == download(expected["signedUrl"])
 
 
