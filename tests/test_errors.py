@@ -74,3 +74,26 @@ def test_reply_errors(error: ReplyError, code: str, status: int, text: str) -> N
 
 def test_config_error_lists_problems() -> None:
     assert str(ConfigError(["A: x", "B: y"])) == "invalid configuration: A: x; B: y"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        OSError(28, "No space left on device", "/spill/csvgen-records-x/records-1.arrow"),
+        OSError("No space left on device (os error 28)"),  # polars' own writes
+        OSError("[Errno 28] No space left on device"),  # polars writing to a Python file
+    ],
+    ids=["python", "rust", "relayed"],
+)
+def test_a_full_spill_directory_is_named_by_its_reason_never_a_path(raised: OSError) -> None:
+    error = StorageFailed.spill("the CSV", raised)
+    assert error.message == "the CSV could not be written to the spill directory: " + (
+        "No space left on device"
+    )
+
+
+def test_a_disk_error_without_a_reason_says_so_plainly() -> None:
+    error = StorageFailed.spill("the CSV", OSError("write failed at /spill/x"))
+    assert (
+        error.message == "the CSV could not be written to the spill directory: input/output error"
+    )
