@@ -60,7 +60,8 @@ async def build_router(
 
 
 async def check_store(settings: Settings, storage: S3Store) -> None:
-    """Refuse to start on a store that overwrites on a conditional create (SPEC §9).
+    """Refuse to start on a store that ignores conditional writes (SPEC §9): a second
+    create with ``If-None-Match: *`` and a replace with a wrong ``If-Match`` must fail.
 
     Raises:
         ConfigError: it does, and ``CSVGEN_UNSAFE_STORE`` is not set.
@@ -71,12 +72,13 @@ async def check_store(settings: Settings, storage: S3Store) -> None:
             "each other's files and repeat each other's exports"
         )
         return
-    if not await storage.honours_conditional_create(settings.key_prefix):
+    if not await storage.honours_conditions(settings.key_prefix):
         raise ConfigError(
             [
                 f"the store at bucket {settings.bucket!r} does not refuse a second "
-                "conditional create (If-None-Match: *): replicas could overwrite each "
-                "other's files; use a store that honours conditional writes, or set "
+                "conditional create (If-None-Match: *) or a replace of a changed object "
+                "(If-Match): replicas could overwrite each other's files and receipts; "
+                "use a store that honours conditional writes, or set "
                 "CSVGEN_UNSAFE_STORE=1 to run without that promise"
             ]
         )

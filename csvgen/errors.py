@@ -57,6 +57,7 @@ __all__ = [
     "InternalError",
     "InvalidEnvelope",
     "InvalidRequest",
+    "LeaseLost",
     "MetricFailed",
     "MetricTimeout",
     "NotFound",
@@ -309,6 +310,18 @@ class StorageFailed(ServiceError):
             number = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(exc))
             reason = os.strerror(int(number[1] or number[2])) if number else "input/output error"
         return cls(f"{what} could not be written to the spill directory: {reason}")
+
+
+class LeaseLost(StorageFailed):
+    """This replica lost its lease on the export (a renewal failed, was too slow, or
+    another replica took the receipt over): the export stopped and left nothing. Retryable:
+    the same id is answered by the replica that holds the receipt now, or runs anew."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(
+            f"this replica lost its lease on the export's receipt in bucket {bucket!r}; "
+            "the export was stopped and left nothing: retry the request with the same id"
+        )
 
 
 class Overloaded(ServiceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -247,27 +248,43 @@ class FakeMetrics(LoopbackServer):
                     await ws.send(frames[n])
 
 
-class StrippingProxy:
-    """An HTTP proxy on loopback in front of an S3 server that drops the conditional headers
-    (``If-None-Match``, ``If-Match``): a store that silently overwrites, as some do."""
+@dataclass
+class Fault:
+    """What :class:`FaultProxy` does to the requests it matches: all of ``method``, a
+    ``path`` substring and a ``header`` present (each when given). ``times``: how many
+    requests it applies to (None: all); ``hits`` counts them."""
 
-    STRIPPED = (b"if-none-match", b"if-match")
+    method: str | None = None
+    path: str = ""
+    header: str | None = None
+    delay: float = 0.0  # seconds before the request goes on
+    late: float = 0.0  # seconds between the upstream's answer and passing it on
+    answer: tuple[int, str] | None = None  # (status, S3 error code) instead of forwarding
+    strip: tuple[str, ...] = ()  # headers removed before forwarding
+    times: int | None = None
+    hits: int = 0
 
-    CONFLICT = (
-        b"HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-        b'Content-Length: 134\r\n\r\n<?xml version="1.0" encoding="UTF-8"?><Error><Code>'
-        b"ConditionalRequestConflict</Code><Message>A conflicting operation</Message></Error>"
-    )
+    def matches(self, method: str, target: str, names: set[str]) -> bool:
+        return (
+            (self.times is None or self.hits < self.times)
+            and (self.method is None or self.method == method)
+            and self.path in target
+            and (self.header is None or self.header in names)
+        )
 
-    def __init__(self, upstream: str, *, strip: bool = True, conflicts: int = 0) -> None:
-        """``conflicts``: answer the first that many PUTs ``409 ConditionalRequestConflict``."""
-        self.strip = strip
-        self.conflicts = conflicts
+
+class FaultProxy:
+    """An HTTP proxy on loopback in front of an S3 server that delays, fails or strips the
+    conditional headers of chosen requests (the first :class:`Fault` that matches)."""
+
+    def __init__(self, upstream: str, *faults: Fault) -> None:
+        self.faults = list(faults)
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.server: asyncio.Server | None = None
         self.endpoint = ""
-        self.stripped = 0
+        self.seen: list[tuple[str, str, set[str]]] = []  # method, target, header names
+        self.handling: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> Self:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -277,43 +294,71 @@ class StrippingProxy:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for task in self.handling:  # a delayed request is not waited for
+                task.cancel()
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One request per connection: forwarded without its conditions, answered, closed."""
+        """One request per connection: forwarded (or not) as the faults say, answered, closed."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.handling.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            dropped = (*self.STRIPPED, b"connection") if self.strip else (b"connection",)
-            lines = [
-                line
-                for line in head.split(b"\r\n")[:-2]
-                if line.split(b":", 1)[0].strip().lower() not in dropped
+            lines = head.split(b"\r\n")[:-2]
+            method, target = lines[0].decode("latin-1").split(" ")[:2]
+            headers = [
+                (line.split(b":", 1)[0].strip().lower().decode("latin-1"), line)
+                for line in lines[1:]
             ]
-            self.stripped += self.strip * sum(
-                line.split(b":", 1)[0].strip().lower() in self.STRIPPED
-                for line in head.split(b"\r\n")
-            )
+            names = {name for name, _ in headers}
+            self.seen.append((method, target, names))
             length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in lines
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
+                (int(line.split(b":", 1)[1]) for n, line in headers if n == "content-length"), 0
             )
+            if "expect" in names:  # botocore waits up to a second for this before the body
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
             body = await reader.readexactly(length)
-            if self.conflicts and head.startswith(b"PUT "):
-                self.conflicts -= 1
-                writer.write(self.CONFLICT)
+            fault = next((f for f in self.faults if f.matches(method, target, names)), Fault())
+            fault.hits += 1
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.answer is not None:
+                writer.write(_error(*fault.answer))
                 await writer.drain()
                 return
+            dropped = {*fault.strip, "connection", "expect"}
+            kept = [line for name, line in headers if name not in dropped]
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-            up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]) + body)
+            up_writer.write(b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""]) + body)
             await up_writer.drain()
-            writer.write(await up_reader.read())  # the upstream closes after its answer
+            answer = await up_reader.read()  # the upstream closes after its answer
             up_writer.close()
+            if fault.late:
+                await asyncio.sleep(fault.late)
+            writer.write(answer)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+            self.handling.discard(task)
+
+    def count(self, method: str, path: str = "", header: str | None = None) -> int:
+        """Requests seen with ``method``, ``path`` in their target and ``header`` sent."""
+        return sum(
+            m == method and path in t and (header is None or header in names)
+            for m, t, names in self.seen
+        )
+
+
+def _error(status: int, code: str) -> bytes:
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>{code}</Message></Error>"
+    ).encode()
+    return (
+        f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body

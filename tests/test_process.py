@@ -16,7 +16,7 @@ from websockets.http11 import Response
 
 from csvgen.csvexport.workdirs import WorkDir
 from tests.conftest import S3Server
-from tests.fakes import FakeBus, FakeMetrics, RawFrames, StrippingProxy
+from tests.fakes import FakeBus, FakeMetrics, Fault, FaultProxy, RawFrames
 from tests.processes import Child, child_env
 from tests.test_export_errors import entries_answer, request
 from tests.test_plan import L1
@@ -279,13 +279,14 @@ async def test_json_log_lines_all_parse_and_carry_the_export(
     assert TOKEN not in "\n".join(worker.lines)
 
 
+@pytest.mark.parametrize("ignored", ["if-none-match", "if-match"])
 async def test_a_store_that_overwrites_is_refused_at_start(
-    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, ignored: str
 ) -> None:
-    """SPEC §9: in front of a store that ignores If-None-Match, the worker exits 2 with one
-    line; with CSVGEN_UNSAFE_STORE=1 it warns and serves."""
+    """SPEC §9: in front of a store that ignores If-None-Match, or If-Match, the worker
+    exits 2 with one line; with CSVGEN_UNSAFE_STORE=1 it warns and serves."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    proxy = await StrippingProxy(s3.endpoint).start()
+    proxy = await FaultProxy(s3.endpoint, Fault(strip=(ignored,))).start()
     try:
         env = child_env(
             CSVGEN_BUS_URL=bus.uri,
@@ -297,12 +298,13 @@ async def test_a_store_that_overwrites_is_refused_at_start(
             assert await refused.wait() == 2
         finally:
             await refused.kill()
-        assert proxy.stripped >= 2  # both probe creates went through without their condition
+        assert proxy.count("PUT", "/.csvgen-probe/", ignored) >= 1  # sent, then stripped
         assert refused.lines[-1] == (
             "csvgen: invalid configuration: the store at bucket 'aura-exports' does not refuse a "
-            "second conditional create (If-None-Match: *): replicas could overwrite each other's "
-            "files; use a store that honours conditional writes, or set CSVGEN_UNSAFE_STORE=1 to "
-            "run without that promise"
+            "second conditional create (If-None-Match: *) or a replace of a changed object "
+            "(If-Match): replicas could overwrite each other's files and receipts; use a store "
+            "that honours conditional writes, or set CSVGEN_UNSAFE_STORE=1 to run without that "
+            "promise"
         )
         unsafe = await Child("run", env={**env, "CSVGEN_UNSAFE_STORE": "1"}).start()
         try:

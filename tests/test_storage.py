@@ -16,7 +16,7 @@ import pytest
 from csvgen.stores import content_disposition
 from csvgen.stores.s3 import S3Store
 from tests.conftest import S3Server
-from tests.fakes import StrippingProxy
+from tests.fakes import Fault, FaultProxy
 from tests.test_export import download
 
 META = {"content_type": "text/csv", "disposition": 'attachment; filename="x.csv"', "metadata": {}}
@@ -133,19 +133,20 @@ async def test_conditional_small_objects(s3: S3Server) -> None:
     assert await store.read("exports/.receipts/a.json") is None
 
 
-async def test_moto_honours_conditional_creates_and_the_probe_is_removed(s3: S3Server) -> None:
-    assert await S3Store("aura-exports").honours_conditional_create("exports") is True
+async def test_moto_honours_conditional_writes_and_the_probe_is_removed(s3: S3Server) -> None:
+    assert await S3Store("aura-exports").honours_conditions("exports") is True
     assert s3.client().list_objects_v2(Bucket="aura-exports").get("Contents", []) == []
 
 
 async def test_a_conditional_conflict_is_retried_on_the_same_key(s3: S3Server) -> None:
     """AWS answers 409 ConditionalRequestConflict to racing conditional writes: the same
     key is tried again, not the next suffix."""
-    proxy = await StrippingProxy(s3.endpoint, strip=False, conflicts=2).start()
+    conflict = Fault("PUT", answer=(409, "ConditionalRequestConflict"), times=2)
+    proxy = await FaultProxy(s3.endpoint, conflict).start()
     try:
         store = S3Store("aura-exports", boto3.client("s3", endpoint_url=proxy.endpoint))
         stored = await store.put_new("exports/o/c", ".csv", io.BytesIO(b"a,b\r\n"), 5, **META)
     finally:
         await proxy.stop()
-    assert (stored.key, proxy.conflicts) == ("exports/o/c.csv", 0)
+    assert (stored.key, conflict.hits) == ("exports/o/c.csv", 2)
     assert s3.get("exports/o/c.csv") == b"a,b\r\n"

@@ -2,20 +2,25 @@
 
 The only shared state is the store, through conditional writes. When an export is
 admitted, :meth:`BucketReceipts.acquire` creates ``{prefix}/.receipts/{sha256(id)}.json``
-with ``If-None-Match: *``, holding a lease (the fingerprint, this replica, the start
-and the lease's expiry). What it finds instead decides:
+with ``If-None-Match: *``, holding a lease (the fingerprint, this replica, the start).
+What it finds instead decides:
 
-* a **finished** receipt with the same fingerprint, younger than the dedupe window:
-  the export's object fields, answered again with a fresh URL (nothing recomputed);
-* another fingerprint: ``invalid_request`` at path ``id``;
-* a **live lease** of another replica: wait (polling; the export deadline bounds it)
-  and answer with that export's result;
-* an **expired** lease (its replica died) or an old finished receipt: taken over with
-  ``If-Match``.
+* a **finished** receipt younger than the dedupe window: with the same fingerprint, the
+  export it names, checked by the caller against the export's manifest (a receipt that
+  fails the check is junk); another fingerprint: ``invalid_request`` at path ``id``;
+* a **running** receipt: while its ETag keeps changing (its replica renews it), this
+  replica waits and answers with that export's result; once the ETag has stood still
+  for a whole lease **on this replica's monotonic clock**, its replica is gone and the
+  receipt is taken over. Wall clocks of two machines are never compared;
+* a **terminal** receipt (failed, cancelled), an old finished one or junk: taken over.
 
-While the export runs, the lease is renewed every third of ``CSVGEN_LEASE_S``. On
-success the receipt is replaced (``If-Match``) by the reply's object fields, never a
-URL; on failure it is deleted, so the same id may be retried.
+Every write of a receipt after its creation is conditional on the ETag this replica
+holds (``If-Match``): a renewal, the finished receipt, the terminal one. While the
+export runs, :meth:`BucketReceipts.run` renews the lease every third of it, each
+renewal under a timeout well under that. A renewal refused (another replica took the
+receipt over), timed out, or unable to land before the lease ends on this replica's
+clock stops the export at once (cancelled at its next cancellation point, leaving
+nothing) and its requesters get :class:`~csvgen.errors.LeaseLost`, a retryable error.
 """
 
 from __future__ import annotations
@@ -27,32 +32,44 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import StorageFailed
+from ..errors import LeaseLost, StorageFailed
 from ..receipts import reused
 from ..stores import ObjectStore
 
-__all__ = ["BucketReceipts", "Lease"]
+__all__ = ["MAX_RECEIPT_BYTES", "BucketReceipts", "Lease"]
 
 logger = logging.getLogger(__name__)
 
 REPLICA = f"{socket.gethostname()}-{os.getpid()}"
 JSON = "application/json"
+#: A receipt read back is at most this big (its item's warnings are bounded to 64 KiB).
+MAX_RECEIPT_BYTES = 256 * 1024
+#: Attempts at the final (finished or terminal) write of a receipt.
+FINAL_ATTEMPTS = 5
+
+T = TypeVar("T")
+#: Checks a finished receipt's item: the export's fields, or None when it is no export.
+Check = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(slots=True)
 class Lease:
-    """This replica's hold on a receipt; ``etag`` follows each renewal."""
+    """This replica's hold on a receipt: ``etag`` follows each renewal, ``deadline`` (this
+    process's monotonic clock) is when the lease ends unless renewed before."""
 
     key: str
     etag: str
     fingerprint: str
     started: float
+    deadline: float
+    lost: bool = field(default=False)
 
 
 class BucketReceipts:
@@ -65,6 +82,7 @@ class BucketReceipts:
         dedupe_ttl_s: float,
         poll_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -72,118 +90,211 @@ class BucketReceipts:
         self.dedupe_ttl_s = dedupe_ttl_s
         self.poll_s = poll_s if poll_s is not None else min(1.0, lease_s / 3)
         self.clock = clock
+        self.monotonic = monotonic
+        #: Each renewal must land within this, well under the renewal interval (a third).
+        self.renewal_timeout_s = lease_s / 4
 
     def key(self, rid: str) -> str:
         return f"{self.prefix}/.receipts/{hashlib.sha256(rid.encode()).hexdigest()}.json"
 
-    async def acquire(self, rid: str, fingerprint: bytes) -> Lease | dict[str, Any]:
-        """A lease to run the export, or the object fields of the export already done."""
+    async def acquire(
+        self, rid: str, fingerprint: bytes, check: Check | None = None
+    ) -> Lease | dict[str, Any]:
+        """A lease to run the export, or the (checked) object fields of the export done."""
         key, fp = self.key(rid), fingerprint.hex()
+        seen: tuple[str, float] | None = None  # a running receipt's etag, and since when
         waiting = False
         while True:
-            started = self.clock()
-            etag = await self.store.create(key, self._lease(fp, started), JSON)
+            sent = self.monotonic()
+            etag = await self.store.create(key, self._lease(fp), JSON)
             if etag is not None:
-                return Lease(key, etag, fp, started)
-            found = await self.store.read(key)
+                return Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+            found = await self.store.read(key, MAX_RECEIPT_BYTES)
             if found is None:
-                continue  # deleted between the two calls: create again
+                continue  # gone between the two calls: create again
             doc = _receipt(found.data)
-            if doc is not None and doc["fingerprint"] != fp:
+            # Fingerprints are compared within the dedupe window only (by the writer's
+            # clock: the window is minutes, a skew of seconds does not matter there).
+            recent = doc is not None and abs(self.clock() - doc["at"]) < self.dedupe_ttl_s
+            live = doc is not None and doc["state"] in ("running", "done")
+            if doc is not None and recent and live and doc["fingerprint"] != fp:
                 raise reused(rid)
-            now = self.clock()
-            if doc is not None and doc["state"] == "done" and now - doc["at"] < self.dedupe_ttl_s:
-                item: dict[str, Any] = doc["item"]
-                return item
-            if doc is not None and doc["state"] == "running" and doc["at"] > now:
-                if not waiting:
-                    logger.info("request %s: waiting for %s, which runs it", rid, doc["replica"])
-                    waiting = True
-                await asyncio.sleep(self.poll_s)  # another replica runs it: wait for its end
-                continue
-            # An expired lease (its replica died), an old finished receipt, or an object
-            # that is no receipt of csvgen's: take it over.
-            etag = await self.store.replace(key, self._lease(fp, started), JSON, found.etag)
+            if doc is not None and recent and doc["state"] == "done":
+                item = doc["item"] if check is None else await check(doc["item"])
+                if item is not None:
+                    return item
+                logger.warning("request %s: its finished receipt names no export", rid)
+            elif doc is not None and doc["state"] == "running":
+                now = self.monotonic()
+                if seen is None or seen[0] != found.etag:
+                    seen = (found.etag, now)
+                if now - seen[1] < self.lease_s:
+                    if not waiting:
+                        logger.info(
+                            "request %s: waiting for %s, which runs it", rid, doc["replica"]
+                        )
+                        waiting = True
+                    await asyncio.sleep(self.poll_s)
+                    continue
+            # A lease that stood still for a whole lease (its replica died), a terminal or
+            # old receipt, or an object that is no receipt of csvgen's: take it over.
+            sent = self.monotonic()
+            etag = await self.store.replace(key, self._lease(fp), JSON, found.etag)
             if etag is not None:
-                holder = doc.get("replica") if doc is not None else "nobody"
+                holder = doc["replica"] if doc is not None else "nobody"
                 logger.warning("request %s: took over the receipt of %s", rid, holder)
-                return Lease(key, etag, fp, started)
+                return Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+            seen = None
 
-    @contextlib.asynccontextmanager
-    async def held(self, lease: Lease) -> AsyncIterator[None]:
-        """Renew ``lease`` every third of its life while the block runs.
+    async def run(self, lease: Lease, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` while the lease is renewed; stopped at once if the lease is lost.
 
-        The renewal is stopped between two writes, never cancelled during one: a write
-        cut short would still land, and the etag ``finish`` needs would be lost.
+        Renewals are stopped between two writes, never cancelled during one: a write cut
+        short would still land, and the etag :meth:`finish` needs would be lost.
+
+        Raises:
+            LeaseLost: a renewal failed or could not land in time; ``work`` was cancelled
+                and has cleaned up.
         """
+        job = asyncio.ensure_future(work())
         stop = asyncio.Event()
         renewing = asyncio.create_task(self._renew(lease, stop))
         try:
-            yield
+            await asyncio.wait({job, renewing}, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():  # the lease is lost
+                job.cancel(msg="the lease was lost")
+                await asyncio.wait({job})
+                raise LeaseLost(self.store.bucket)
+            return job.result()
         finally:
             stop.set()
+            if not job.done():  # this task was cancelled: so is the work, to its end
+                job.cancel()
+                await asyncio.wait({job})
             await asyncio.shield(renewing)
 
     async def finish(self, lease: Lease, item: dict[str, Any]) -> None:
-        """The export succeeded: the receipt keeps its object fields (no URL)."""
+        """The export succeeded: the receipt keeps its object fields (no URL).
+
+        Retried while the store fails (a write that failed may still have landed: a
+        refused retry reads the receipt back to tell).
+
+        Raises:
+            LeaseLost: another replica holds the receipt now.
+            StorageFailed: the store kept failing.
+        """
         kept = {k: v for k, v in item.items() if k not in ("signedUrl", "expiresAt")}
+        await self._final(lease, {"state": "done", "item": kept})
+
+    async def release(self, lease: Lease, error: dict[str, Any]) -> None:
+        """The export failed: a terminal receipt with its error, so the same id may be
+        retried (it is taken over). Nothing is written on a lease this replica lost."""
+        if lease.lost:
+            return
+        try:
+            await self._final(lease, {"state": "failed", "error": error})
+        except (LeaseLost, StorageFailed) as exc:
+            logger.warning("the receipt %s was left as it was: %s", lease.key, exc)
+
+    async def _final(self, lease: Lease, fields: dict[str, Any]) -> None:
+        now = self.clock()
         doc = {
-            "state": "done",
+            **fields,
             "fingerprint": lease.fingerprint,
             "replica": REPLICA,
-            "finishedAt": self.clock(),
-            "item": kept,
+            "startedAt": lease.started,
+            "updatedAt": now,
+            "finishedAt": now,
+            "write": uuid.uuid4().hex,  # tells this write from any other
         }
-        if await self.store.replace(lease.key, orjson.dumps(doc), JSON, lease.etag) is None:
-            logger.warning("the receipt %s changed under this replica's lease", lease.key)
-
-    async def release(self, lease: Lease) -> None:
-        """The export failed: the receipt goes, so the same id may be retried."""
-        with contextlib.suppress(Exception):
-            await self.store.delete(lease.key)
+        data = orjson.dumps(doc)
+        for attempt in range(FINAL_ATTEMPTS):
+            try:
+                etag = await self.store.replace(lease.key, data, JSON, lease.etag)
+            except StorageFailed:
+                if attempt == FINAL_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            if etag is None:
+                found = await _read_quietly(self.store, lease.key)
+                if found is not None and found.data == data:
+                    etag = found.etag  # an earlier attempt landed after all
+                else:
+                    lease.lost = True
+                    raise LeaseLost(self.store.bucket)
+            lease.etag = etag
+            return
 
     async def _renew(self, lease: Lease, stop: asyncio.Event) -> None:
+        """Renew until ``stop``; returns early (``lease.lost``) when the lease is lost."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.lease_s / 3):
                     await stop.wait()
             if stop.is_set():
                 return
-            data = self._lease(lease.fingerprint, lease.started)
-            try:
-                etag = await self.store.replace(lease.key, data, JSON, lease.etag)
-            except StorageFailed:
-                continue  # the store blinked: the next renewal may still be in time
-            if etag is None:
-                logger.warning("lost the lease %s to another replica", lease.key)
+            if not await self._renew_once(lease):
+                lease.lost = True
+                logger.warning("lost the lease %s: the export stops", lease.key)
                 return
-            lease.etag = etag
 
-    def _lease(self, fp: str, started: float) -> bytes:
+    async def _renew_once(self, lease: Lease) -> bool:
+        """One renewal, retried while the store blinks and the lease still has time."""
+        data = self._lease(lease.fingerprint, lease.started)
+        while (left := lease.deadline - self.monotonic()) > 0:
+            sent = self.monotonic()
+            try:
+                async with asyncio.timeout(min(self.renewal_timeout_s, left)):
+                    etag = await self.store.replace(lease.key, data, JSON, lease.etag)
+            except TimeoutError:
+                return False  # it may land later: its etag would be unknown
+            except StorageFailed:
+                await asyncio.sleep(min(0.1, self.renewal_timeout_s))
+                continue
+            if etag is None:
+                return False  # another replica took the receipt over
+            lease.etag, lease.deadline = etag, sent + self.lease_s
+            return True
+        return False
+
+    def _lease(self, fp: str, started: float | None = None) -> bytes:
+        now = self.clock()
         doc = {
             "state": "running",
             "fingerprint": fp,
             "replica": REPLICA,
-            "started": started,
-            "expires": self.clock() + self.lease_s,
+            "startedAt": now if started is None else started,
+            "updatedAt": now,
+            "leaseS": self.lease_s,
+            "write": uuid.uuid4().hex,  # every renewal changes the etag
         }
         return orjson.dumps(doc)
 
 
+async def _read_quietly(store: ObjectStore, key: str) -> Any:
+    try:
+        return await store.read(key, MAX_RECEIPT_BYTES)
+    except StorageFailed:
+        return None
+
+
 def _receipt(data: bytes) -> dict[str, Any] | None:
-    """A receipt's fields (``at``: the lease's expiry, or when it finished), or None when
-    the object is no receipt csvgen wrote: then it is taken over, never trusted."""
+    """A receipt's fields (``at``: when it was last written, by its writer's clock), or
+    None when the object is no receipt csvgen wrote: then it is taken over, never trusted."""
+    if len(data) > MAX_RECEIPT_BYTES:
+        return None
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("fingerprint"), str):
         return None
-    if doc.get("state") not in ("running", "done"):
+    if doc.get("state") not in ("running", "done", "failed", "cancelled"):
         return None
-    at = doc.get("expires" if doc["state"] == "running" else "finishedAt")
+    at = doc.get("updatedAt")
     if not isinstance(at, int | float) or isinstance(at, bool):
         return None
     if doc["state"] == "done" and not isinstance(doc.get("item"), dict):
         return None
-    return {**doc, "at": float(at), "replica": str(doc.get("replica"))}
+    return {**doc, "at": float(at), "replica": str(doc.get("replica"))[:200]}

@@ -18,18 +18,28 @@ from typing import Any
 import orjson
 
 from ..config import MAX_URL_EXPIRES_S, Settings
-from ..errors import Detail, InvalidRequest, NotFound, echo
+from ..errors import MAX_DETAILS, MAX_TEXT_CHARS, Detail, InvalidRequest, NotFound, cut, echo
 from ..frames import Action
 from ..routes import Job
 from ..stores import ObjectStore
 from .manifest import FORMAT, MANIFEST_SUFFIX
 
-__all__ = ["LINK_ROUTE", "ExportLinks"]
+__all__ = ["LINK_ROUTE", "ExportLinks", "read_export"]
 
 LINK_ROUTE = "external-service/csv-generator/link"
 MAX_KEY_CHARS = 1024
-#: The manifest's export fields a link reply carries.
-_FIELDS = ("bucket", "rowCount", "sizeBytes", "sha256", "contentType")
+#: A manifest read back is at most this big (a 1 MiB body makes one of a few MiB).
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+#: What an export's key ends with.
+EXTENSIONS = (".csv", ".csv.gz")
+#: The manifest's export fields a link reply carries, with their types.
+_FIELDS: dict[str, type] = {
+    "bucket": str,
+    "rowCount": int,
+    "sizeBytes": int,
+    "sha256": str,
+    "contentType": str,
+}
 
 
 class ExportLinks:
@@ -55,21 +65,8 @@ class ExportLinks:
         return functools.partial(self.run, key, expires or self.settings.url_expires_s)
 
     async def run(self, key: str, asked: int, fingerprint: bytes = b"") -> dict[str, Any]:
-        if not self._looks_like_an_export(key):
-            raise _not_found(key)
-        stored = await self.storage.read(key + MANIFEST_SUFFIX)
-        try:
-            manifest = orjson.loads(stored.data) if stored is not None else None
-        except orjson.JSONDecodeError:
-            manifest = None
-        export = manifest.get("export") if isinstance(manifest, dict) else None
-        if (
-            not isinstance(manifest, dict)
-            or manifest.get("format") != FORMAT
-            or not isinstance(export, dict)
-            or export.get("key") != key
-            or not all(k in export for k in _FIELDS)
-        ):
+        export = await read_export(self.storage, self.settings.key_prefix, key)
+        if export is None:
             raise _not_found(key)
         now = datetime.now(UTC)
         lifetime, warnings = asked, []
@@ -101,15 +98,54 @@ class ExportLinks:
             ]
         }
 
-    def _looks_like_an_export(self, key: str) -> bool:
-        prefix = self.settings.key_prefix + "/"
-        parts = key.split("/")
-        return (
-            key.startswith(prefix)
-            and key.endswith((".csv", ".csv.gz"))
-            and not any(p in ("", ".", "..") for p in parts)
-            and "/." not in key  # .receipts, .csvgen-probe: csvgen's own objects
-        )
+
+async def read_export(storage: ObjectStore, prefix: str, key: Any) -> dict[str, Any] | None:
+    """The object fields of the export at ``key`` from its manifest, typed, or None when
+    ``key`` is not an export under ``prefix`` with a manifest that names it.
+
+    The one check for every object csvgen signs again: the link route and a request
+    answered from another replica's receipt (leases.py) both go through it, so nothing
+    read from the bucket is signed unless it is an export.
+    """
+    if not isinstance(key, str) or not _looks_like_an_export(prefix, key):
+        return None
+    stored = await storage.read(key + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES)
+    if stored is None or len(stored.data) > MAX_MANIFEST_BYTES:
+        return None
+    try:
+        manifest = orjson.loads(stored.data)
+    except orjson.JSONDecodeError:
+        return None
+    export = manifest.get("export") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(export, dict)
+        or export.get("key") != key
+        or not all(isinstance(export.get(k), t) for k, t in _FIELDS.items())
+        or isinstance(export["rowCount"], bool)
+        or isinstance(export["sizeBytes"], bool)
+    ):
+        return None
+    warnings = manifest.get("warnings")
+    warnings = warnings[:MAX_DETAILS] if isinstance(warnings, list) else []
+    return {
+        **{k: export[k] for k in _FIELDS},
+        "key": key,
+        "warnings": [cut(w, MAX_TEXT_CHARS) for w in warnings if isinstance(w, str)],
+        "manifestKey": key + MANIFEST_SUFFIX,
+    }
+
+
+def _looks_like_an_export(prefix: str, key: str) -> bool:
+    parts = key.split("/")
+    return (
+        len(key) <= MAX_KEY_CHARS
+        and key.startswith(prefix + "/")
+        and key.endswith(EXTENSIONS)
+        and not any(p in ("", ".", "..") for p in parts)
+        and "/." not in key  # .receipts, .csvgen-probe: csvgen's own objects
+    )
 
 
 def _not_found(key: str) -> NotFound:

@@ -34,6 +34,7 @@ from .. import telemetry
 from ..config import Settings
 from ..errors import (
     MAX_TEXT_CHARS,
+    InternalError,
     MetricFailed,
     MetricTimeout,
     ReplyError,
@@ -62,6 +63,7 @@ from .combine import combine, in_memory_cost
 from .csvwrite import CsvWriter, WriteResult, spreadsheet_warnings
 from .dialects import DIALECTS
 from .leases import BucketReceipts, Lease
+from .link import read_export
 from .manifest import MANIFEST_SUFFIX, column_types, manifest, merge_types
 from .plan import ExportPlan, Limits, MetricPlan, estimate_rows, make_plan, value_field
 from .references import ReferenceCache
@@ -127,19 +129,36 @@ class CsvExport:
 
     async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
         """The export, once across replicas when receipts live in the bucket (leases.py)."""
+        export = functools.partial(self._export, rid, plan, fp)
         if self.receipts is None:
-            return await self._export(rid, plan, fp)
-        got = await self.receipts.acquire(rid, fp)
+            return await export()
+        got = await self.receipts.acquire(rid, fp, self._checked)
         if not isinstance(got, Lease):
             return await self.replay({"body": [got]})  # done by a replica, or before a restart
         try:
-            async with self.receipts.held(got):
-                payload = await self._export(rid, plan, fp)
-        except BaseException:
-            await asyncio.shield(self.receipts.release(got))
+            payload = await self.receipts.run(got, export)
+        except BaseException as exc:
+            error = exc if isinstance(exc, ReplyError) else InternalError()
+            await _whole(self.receipts.release(got, error.as_json()["error"]))
             raise
-        await self.receipts.finish(got, payload["body"][0])
+        await _whole(self._keep(got, payload["body"][0]))
         return payload
+
+    async def _checked(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """A finished receipt's export, rebuilt from its manifest as the link route does."""
+        return await read_export(self.storage, self.settings.key_prefix, item.get("key"))
+
+    async def _keep(self, lease: Lease, item: dict[str, Any]) -> None:
+        """The receipt records the export; if it cannot, the export and its manifest go
+        before the error is answered: no reply or receipt names an object not kept."""
+        assert self.receipts is not None
+        try:
+            await self.receipts.finish(lease, item)
+        except BaseException:
+            for key in (item["key"], item["manifestKey"]):
+                with contextlib.suppress(StorageFailed):
+                    await self.storage.delete(key)
+            raise
 
     async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
         # The records past half the budget go to disk (answers.py), removed once the rows
@@ -661,6 +680,19 @@ def _write_rows(
 
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", part).strip(".") or "_"
+
+
+async def _whole(aw: Awaitable[None]) -> None:
+    """Await ``aw`` to its end even if this task is cancelled meanwhile (the bucket's
+    state is settled first); then the cancellation goes on."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+        raise
 
 
 def _first(errors: Sequence[BaseException]) -> BaseException:

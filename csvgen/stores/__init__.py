@@ -65,8 +65,9 @@ class ObjectStore(Protocol):
         """Replace a small object if it is still ``etag``; the new etag, or None."""
         ...
 
-    async def read(self, key: str) -> Versioned | None:
-        """A small object and its etag, or None when there is none."""
+    async def read(self, key: str, limit: int = ...) -> Versioned | None:
+        """A small object's first ``limit + 1`` bytes and its etag, or None when there is
+        none (more than ``limit`` bytes: the caller treats the object as junk)."""
         ...
 
     async def delete(self, key: str) -> None: ...

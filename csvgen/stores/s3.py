@@ -51,6 +51,9 @@ MAX_SUFFIX = 100
 #: ``409 ConditionalRequestConflict`` answers retried on the same key, at most.
 MAX_CONFLICTS = 3
 REMEMBERED_STEMS = 10_000
+#: A small object read back (receipt, manifest) is at most this big unless the caller says
+#: less; a larger one is never trusted, nor held whole.
+MAX_SMALL_BYTES = 8 * 1024 * 1024
 
 
 class S3Store:
@@ -230,28 +233,39 @@ class S3Store:
     async def _put_small(
         self, what: str, key: str, data: bytes, content_type: str, **condition: str
     ) -> str | None:
-        """A conditional PutObject: the new etag, or None when the condition did not hold."""
-        try:
-            answer = await asyncio.to_thread(
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                **condition,  # type: ignore[arg-type]
-            )
-        except ClientError as exc:
-            if _is_precondition_failed(exc) or _code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._failed(what, exc) from None
-        except BotoCoreError as exc:
-            raise self._failed(what, exc) from None
-        return answer["ETag"]
+        """A conditional PutObject: the new etag, or None when the condition did not hold.
 
-    async def read(self, key: str) -> Versioned | None:
+        ``409 ConditionalRequestConflict`` (a racing conditional write, AWS says: retry)
+        is tried again, up to ``MAX_CONFLICTS`` times; boto retries the 5xx answers."""
+        for conflicts in range(MAX_CONFLICTS + 1):
+            try:
+                answer = await asyncio.to_thread(
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    **condition,  # type: ignore[arg-type]
+                )
+            except ClientError as exc:
+                if _is_precondition_failed(exc) or _code(exc) in ("NoSuchKey", "404"):
+                    return None
+                if _code(exc) == "ConditionalRequestConflict" and conflicts < MAX_CONFLICTS:
+                    continue
+                raise self._failed(what, exc) from None
+            except BotoCoreError as exc:
+                raise self._failed(what, exc) from None
+            return answer["ETag"]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def read(self, key: str, limit: int = MAX_SMALL_BYTES) -> Versioned | None:
+        """A small object; at most ``limit + 1`` of its bytes are read, so a caller can
+        tell an object over ``limit`` (never trusted) without holding it."""
+
         def get() -> Versioned:
             answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            return Versioned(answer["Body"].read(), answer["ETag"])
+            with contextlib.closing(answer["Body"]) as body:
+                return Versioned(body.read(limit + 1), answer["ETag"])
 
         try:
             return await asyncio.to_thread(get)
@@ -268,19 +282,21 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("delete", exc) from None
 
-    async def honours_conditional_create(self, prefix: str) -> bool:
-        """Whether a second ``If-None-Match: *`` create of one key is refused (SPEC §9).
+    async def honours_conditions(self, prefix: str) -> bool:
+        """Whether the store refuses what receipts rely on (SPEC §9): a second
+        ``If-None-Match: *`` create of one key, and a replace naming a wrong ETag.
 
-        A probe key under ``prefix`` is created twice, then deleted.
+        A probe key under ``prefix`` is created, tried again both ways, then deleted.
         """
         key = f"{prefix}/.csvgen-probe/{uuid.uuid4().hex}"
         try:
             await self.create(key, b"probe", "text/plain")
-            second = await self.create(key, b"probe", "text/plain")
+            second = await self.create(key, b"probe 2", "text/plain")
+            wrong = await self.replace(key, b"probe 3", "text/plain", '"0000"')
         finally:
             with contextlib.suppress(StorageFailed):
                 await self.delete(key)
-        return second is None
+        return second is None and wrong is None
 
     def _failed(self, what: str, exc: Exception) -> StorageFailed:
         logger.warning("%s in s3://%s failed: %s", what, self.bucket, exc)
