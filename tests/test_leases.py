@@ -139,8 +139,8 @@ async def test_a_renewal_in_flight_is_never_cut_off(s3: S3Server) -> None:
 async def test_a_live_lease_is_waited_on_whatever_the_clocks_say(s3: S3Server) -> None:
     """B's clock runs two minutes (a hundred leases) ahead of A's: B still waits while A's receipt keeps changing
     (judged on B's monotonic clock), and answers with A's export."""
-    a = receipts(lease_s=1.2, poll_s=0.05)
-    b = receipts(lease_s=1.2, poll_s=0.05, clock=lambda: time.time() + 120)
+    a = receipts(lease_s=1.2, poll_s=0.05, replica="a")
+    b = receipts(lease_s=1.2, poll_s=0.05, clock=lambda: time.time() + 120, replica="b")
     lease = await a.acquire("skew", b"\x01")
     assert isinstance(lease, Lease)
     renewals = 0
@@ -161,13 +161,24 @@ async def test_a_live_lease_is_waited_on_whatever_the_clocks_say(s3: S3Server) -
 
 
 async def test_a_lease_that_stands_still_is_taken_over_after_one_lease(s3: S3Server) -> None:
-    a = receipts(lease_s=0.3)
+    a = receipts(lease_s=0.3, replica="a")
     dead = await a.acquire("dead", b"\x01")  # never renewed: its replica died
     assert isinstance(dead, Lease)
     started = time.monotonic()
-    b = await receipts(lease_s=0.3, poll_s=0.02).acquire("dead", b"\x01")
+    b = await receipts(lease_s=0.3, poll_s=0.02, replica="b").acquire("dead", b"\x01")
     assert isinstance(b, Lease)
     assert time.monotonic() - started >= 0.3
+
+
+async def test_a_receipt_of_this_process_that_no_export_holds_is_taken_over_at_once(
+    s3: S3Server,
+) -> None:
+    """Its final write failed and left it running: the retry need not wait for a lease."""
+    store = receipts()
+    assert isinstance(await store.acquire("mine", b"\x01"), Lease)
+    started = time.monotonic()
+    assert isinstance(await store.acquire("mine", b"\x01"), Lease)
+    assert time.monotonic() - started < store.lease_s
 
 
 async def test_a_replica_whose_receipt_is_taken_over_stops_and_writes_nothing(

@@ -18,11 +18,13 @@ from tests.test_plan import seed
 
 def env(bus: FakeBus, metrics: FakeMetrics, s3: S3Server, **extra: str) -> dict[str, Any]:
     return child_env(
-        CSVGEN_BUS_URL=bus.uri,
-        CSVGEN_METRICS_URL=metrics.uri,
-        AWS_ENDPOINT_URL_S3=s3.endpoint,
-        CSVGEN_RECONNECT_MAX_DELAY_S="0.05",
-        **extra,
+        **{
+            "CSVGEN_BUS_URL": bus.uri,
+            "CSVGEN_METRICS_URL": metrics.uri,
+            "AWS_ENDPOINT_URL_S3": s3.endpoint,
+            "CSVGEN_RECONNECT_MAX_DELAY_S": "0.05",
+            **extra,
+        }
     )
 
 

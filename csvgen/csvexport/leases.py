@@ -83,8 +83,10 @@ class BucketReceipts:
         poll_s: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        replica: str = REPLICA,
     ) -> None:
         self.store = store
+        self.replica = replica
         self.prefix = prefix
         self.lease_s = lease_s
         self.dedupe_ttl_s = dedupe_ttl_s
@@ -124,7 +126,7 @@ class BucketReceipts:
                 if item is not None:
                     return item
                 logger.warning("request %s: its finished receipt names no export", rid)
-            elif doc is not None and doc["state"] == "running":
+            elif doc is not None and doc["state"] == "running" and doc["replica"] != self.replica:
                 now = self.monotonic()
                 if seen is None or seen[0] != found.etag:
                     seen = (found.etag, now)
@@ -136,8 +138,10 @@ class BucketReceipts:
                         waiting = True
                     await asyncio.sleep(self.poll_s)
                     continue
-            # A lease that stood still for a whole lease (its replica died), a terminal or
-            # old receipt, or an object that is no receipt of csvgen's: take it over.
+            # A lease that stood still for a whole lease (its replica died), one of this very
+            # process that none of its exports holds (its final write failed: the dispatcher
+            # admits an id once), a terminal or old receipt, or an object that is no
+            # receipt of csvgen's: take it over.
             sent = self.monotonic()
             etag = await self.store.replace(key, self._lease(fp), JSON, found.etag)
             if etag is not None:
@@ -201,7 +205,7 @@ class BucketReceipts:
         doc = {
             **fields,
             "fingerprint": lease.fingerprint,
-            "replica": REPLICA,
+            "replica": self.replica,
             "startedAt": lease.started,
             "updatedAt": now,
             "finishedAt": now,
@@ -263,7 +267,7 @@ class BucketReceipts:
         doc = {
             "state": "running",
             "fingerprint": fp,
-            "replica": REPLICA,
+            "replica": self.replica,
             "startedAt": now if started is None else started,
             "updatedAt": now,
             "leaseS": self.lease_s,

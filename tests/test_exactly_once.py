@@ -1,0 +1,148 @@
+"""Exactly once under faults (SPEC §9, protocol.md "Leases"): a replica that loses its lease
+stops, nothing read back from the bucket is trusted blindly, a failed final write leaves
+nothing. Real workers (in this process, or as processes) against moto's S3, with a proxy
+in front of it that delays or fails chosen requests."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from csvgen.csvexport.leases import BucketReceipts
+from csvgen.frames import fingerprint
+from csvgen.stores.s3 import S3Store
+from tests.conftest import S3Server, running_exporter
+from tests.fakes import FakeBus, FakeMetrics, Fault, FaultProxy
+from tests.test_export_errors import entries_answer, request
+from tests.test_plan import seed
+from tests.test_replicas import entries_asked, objects, other_bus, replica
+
+ROUTE = "external-service/csv-generator"
+__all__ = ["other_bus"]
+
+
+@pytest.fixture
+async def proxy(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FaultProxy]:
+    """moto's S3 behind a fault proxy; in-process workers use the proxy."""
+    running = await FaultProxy(s3.endpoint).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", running.endpoint)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def put_receipt(s3: S3Server, rid: str, doc: dict[str, Any]) -> None:
+    """A finished receipt for ``rid`` (the seed body), as another replica, or a forger, wrote it."""
+    fp = fingerprint(ROUTE, seed()).hex()
+    done = {"state": "done", "fingerprint": fp, "replica": "elsewhere", "updatedAt": time.time()}
+    key = BucketReceipts(S3Store("aura-exports"), "exports", lease_s=30, dedupe_ttl_s=600).key(rid)
+    s3.client().put_object(Bucket="aura-exports", Key=key, Body=orjson.dumps({**done, **doc}))
+
+
+def receipt_states(s3: S3Server) -> list[str]:
+    listed = s3.client().list_objects_v2(Bucket="aura-exports", Prefix="exports/.receipts/")
+    return [orjson.loads(s3.get(o["Key"]))["state"] for o in listed.get("Contents", [])]
+
+
+async def test_a_forged_or_partial_receipt_is_never_signed_as_it_says(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """A receipt naming an object that is no export is junk: the export runs anew. A
+    receipt naming a real export without its fields is answered from the manifest."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    s3.client().put_object(Bucket="aura-exports", Key="hr/payroll-2026.xlsx", Body=b"secret")
+    put_receipt(s3, "forged", {"item": {"key": "hr/payroll-2026.xlsx", "rowCount": 9}})
+    async with running_exporter(bus, metrics, unsafe_store=False):
+        await bus.send(request("forged"))
+        _, forged = await bus.reply()
+        [item] = forged["body"]
+        for n in range(6):  # each once made a KeyError outside the outcome handling
+            put_receipt(s3, f"partial-{n}", {"item": {"key": item["key"]}})
+            await bus.send(request(f"partial-{n}"))
+            _, partial = await bus.reply()
+            assert {k: partial["body"][0][k] for k in ("key", "rowCount", "sha256")} == {
+                k: item[k] for k in ("key", "rowCount", "sha256")
+            }
+    assert item["key"].startswith("exports/") and "payroll" not in forged["body"][0]["signedUrl"]
+    assert entries_asked(metrics) == 1  # the forged receipt's export ran; the partial ones did not
+
+
+async def test_a_final_receipt_write_that_keeps_failing_leaves_nothing(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, proxy: FaultProxy
+) -> None:
+    """The "done" write meets conflicts past every retry: storage_failed, and neither the
+    file nor its manifest stays behind to be made again by a retry."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    conflict = Fault("PUT", "/.receipts/", "if-match", answer=(409, "ConditionalRequestConflict"))
+    async with running_exporter(bus, metrics, unsafe_store=False):
+        proxy.faults.append(conflict)
+        await bus.send(request("unlucky"))
+        _, failed = await bus.reply()
+        proxy.faults.remove(conflict)
+        await bus.send(request("unlucky"))
+        _, retried = await bus.reply()
+    assert failed["error"]["code"] == "storage_failed" and conflict.hits > 5
+    key = retried["body"][0]["key"]
+    assert objects(s3) == [key, key + ".manifest.json"]
+    assert receipt_states(s3) == ["done"]
+
+
+async def test_a_final_write_past_a_slowdown_and_a_conflict_succeeds(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server, proxy: FaultProxy
+) -> None:
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    async with running_exporter(bus, metrics, unsafe_store=False):
+        racing = Fault(
+            "PUT",
+            "/.receipts/",
+            "if-none-match",
+            answer=(409, "ConditionalRequestConflict"),
+            times=1,
+        )
+        slow = Fault("PUT", "/.receipts/", "if-match", answer=(503, "SlowDown"), times=4)
+        proxy.faults += [racing, slow]
+        await bus.send(request("patient"))
+        _, payload = await bus.reply()
+    assert payload["body"][0]["rowCount"] == 3 and (racing.hits, slow.hits) == (1, 4)
+    assert receipt_states(s3) == ["done"]
+
+
+@contextlib.asynccontextmanager
+async def faulty(s3: S3Server, *faults: Fault) -> AsyncIterator[FaultProxy]:
+    proxy = await FaultProxy(s3.endpoint, *faults).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_a_replica_whose_renewal_is_too_slow_stops_and_one_export_results(
+    bus: FakeBus, other_bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """A's renewals take 3 s against a lease of 1.5 s: A stops and answers a retryable
+    error, B takes the receipt over and makes the one export."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.hold.clear()
+    slow = Fault("PUT", "/.receipts/", "if-match", delay=3)
+    async with faulty(s3, slow) as proxy:
+        a_env = {"AWS_ENDPOINT_URL_S3": proxy.endpoint, "CSVGEN_LEASE_S": "1.5"}
+        async with replica(bus, metrics, s3, **a_env) as a:
+            await bus.send(request("slow"))
+            await a.wait_for_line("lost the lease")
+            _, lost = await bus.reply()
+            async with replica(other_bus, metrics, s3, CSVGEN_LEASE_S="1.5") as b:
+                metrics.hold.set()
+                await other_bus.send(request("slow"))
+                _, done = await other_bus.reply()
+                await b.wait_for_line("request slow: took over the receipt of")
+    assert lost["error"]["code"] == "storage_failed"
+    assert "lost its lease" in lost["error"]["message"]
+    key = done["body"][0]["key"]
+    assert objects(s3) == [key, key + ".manifest.json"]
+    assert receipt_states(s3) == ["done"]
