@@ -29,6 +29,7 @@ __all__ = [
     "is_loopback_url",
     "redact_url",
     "unknown_variables",
+    "ws_url",
 ]
 
 MAX_URL_EXPIRES_S = 604800  # SigV4's limit: 7 days
@@ -142,7 +143,12 @@ def _url(raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def _ws_url(raw: str) -> str:
+def ws_url(raw: str) -> str:
+    """``raw`` if it is a ws:// or wss:// URL with a host and a valid port.
+
+    Raises:
+        ValueError: it is not, with a message that never holds its query (a token).
+    """
     return _url(raw, ("ws", "wss"))
 
 
@@ -250,9 +256,9 @@ def _log_format(raw: str) -> str:
 
 #: Environment variable → (Settings attribute, parser). Also drives `csvgen run`'s flags.
 ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "CSVGEN_BUS_URL": ("bus_url", _ws_url),
+    "CSVGEN_BUS_URL": ("bus_url", ws_url),
     "CSVGEN_BUS_TOKEN": ("bus_token", str),
-    "CSVGEN_METRICS_URL": ("metrics_url", _ws_url),
+    "CSVGEN_METRICS_URL": ("metrics_url", ws_url),
     "CSVGEN_METRICS_TOKEN": ("metrics_token", str),
     "CSVGEN_BUCKET": ("bucket", _bucket),
     "CSVGEN_KEY_PREFIX": ("key_prefix", _key_prefix),

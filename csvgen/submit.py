@@ -6,7 +6,10 @@ comes from ``CSVGEN_BUS_TOKEN`` (as for the worker; never a flag). With
 ``sizeBytes`` and ``sha256``.
 
 Exit status: 0 for a success reply (and a file that matches it), 1 for an error reply,
-a mismatch or no reply in time, 2 for bad usage (no such file, not a request frame).
+a mismatch or no reply in time, 2 for bad usage (no such file, not a request frame, a
+URL that is not ws:// or wss://). The URL is checked before the token is added, and no
+error it prints holds the token. A download is only ever over http(s), read and hashed
+a chunk at a time, never held whole.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
+from .config import ws_url
 from .frames import ReplyAssembler
 from .links import with_token
+from .logs import scrub
 
 __all__ = ["add_parser", "main"]
+
+#: A download is read and hashed this much at a time.
+CHUNK = 1024 * 1024
 
 
 def add_parser(commands: Any) -> None:
@@ -46,11 +56,18 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         print(f"csvgen submit: {args.file}: not a request frame ({exc})", file=sys.stderr)
         return 2
-    url = with_token(args.url, os.environ.get("CSVGEN_BUS_TOKEN"))
+    try:
+        checked = ws_url(args.url)
+    except ValueError as exc:
+        print(f"csvgen submit: --url {exc}", file=sys.stderr)
+        return 2
+    token = os.environ.get("CSVGEN_BUS_TOKEN")
+    url = with_token(checked, token)
     try:
         reply = asyncio.run(_ask(url, rid, frame, args.timeout))
-    except (OSError, TimeoutError) as exc:
-        print(f"csvgen submit: no reply from the bus: {exc or 'timed out'}", file=sys.stderr)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        reason = scrub(str(exc), [token] if token else []) if str(exc) else "timed out"
+        print(f"csvgen submit: no reply from the bus: {reason}", file=sys.stderr)
         return 1
     print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     if "error" in reply or not isinstance(reply.get("body"), list):
@@ -72,15 +89,25 @@ async def _ask(url: str, rid: str, frame: Any, timeout_s: float) -> Any:
 
 
 def _check(item: dict[str, Any]) -> int:
-    with urllib.request.urlopen(item["signedUrl"], timeout=60) as response:
-        data = response.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != item["sizeBytes"] or digest != item["sha256"]:
+    url = item.get("signedUrl")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        print("csvgen submit: the reply's signedUrl is not an http(s) URL", file=sys.stderr)
+        return 1
+    digest, size = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        print(f"csvgen submit: the download failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if size != item.get("sizeBytes") or digest.hexdigest() != item.get("sha256"):
         print(
-            f"csvgen submit: downloaded {len(data)} bytes, sha256 {digest}; the reply said "
-            f"{item['sizeBytes']} bytes, sha256 {item['sha256']}",
+            f"csvgen submit: downloaded {size} bytes, sha256 {digest.hexdigest()}; the reply "
+            f"said {item.get('sizeBytes')} bytes, sha256 {item.get('sha256')}",
             file=sys.stderr,
         )
         return 1
-    print(f"downloaded {item['key']}: {len(data)} bytes, sha256 matches", file=sys.stderr)
+    print(f"downloaded {item.get('key')}: {size} bytes, sha256 matches", file=sys.stderr)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Self
@@ -178,6 +179,8 @@ class FakeMetrics(LoopbackServer):
         self.drop_once: str | None = None  # cut the link on the first request for this route
         self.cut_after: dict[str, int] = {}  # route -> frames sent before cutting the link, once
         self._answering: set[asyncio.Task[None]] = set()
+        self.latency = 0.0  # each answer waits up to this many seconds (seeded)
+        self.random = random.Random(7)
 
     async def stop(self) -> None:
         self.hold.set()  # a held handler must not keep the server from closing
@@ -220,6 +223,8 @@ class FakeMetrics(LoopbackServer):
     async def _answer(self, ws: ServerConnection, data: dict[str, Any]) -> None:
         answer = self.answer_for(data["route"], data["body"])
         await self.hold.wait()
+        if self.latency:
+            await asyncio.sleep(self.random.uniform(0, self.latency))
         with contextlib.suppress(ConnectionClosed):
             if isinstance(answer, RawFrames):
                 frames = answer.frames(data["id"])
@@ -262,11 +267,13 @@ class Fault:
     answer: tuple[int, str] | None = None  # (status, S3 error code) instead of forwarding
     strip: tuple[str, ...] = ()  # headers removed before forwarding
     times: int | None = None
+    chance: float = 1.0  # the share of matching requests it applies to (seeded)
     hits: int = 0
 
-    def matches(self, method: str, target: str, names: set[str]) -> bool:
+    def matches(self, method: str, target: str, names: set[str], dice: random.Random) -> bool:
         return (
             (self.times is None or self.hits < self.times)
+            and (self.chance >= 1 or dice.random() < self.chance)
             and (self.method is None or self.method == method)
             and self.path in target
             and (self.header is None or self.header in names)
@@ -285,6 +292,7 @@ class FaultProxy:
         self.endpoint = ""
         self.seen: list[tuple[str, str, set[str]]] = []  # method, target, header names
         self.handling: set[asyncio.Task[Any]] = set()
+        self.dice = random.Random(11)
 
     async def start(self) -> Self:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -320,7 +328,9 @@ class FaultProxy:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 await writer.drain()
             body = await reader.readexactly(length)
-            fault = next((f for f in self.faults if f.matches(method, target, names)), Fault())
+            fault = next(
+                (f for f in self.faults if f.matches(method, target, names, self.dice)), Fault()
+            )
             fault.hits += 1
             if fault.delay:
                 await asyncio.sleep(fault.delay)

@@ -5,7 +5,9 @@ in front of it that delays or fails chosen requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +19,7 @@ from csvgen.csvexport.leases import BucketReceipts
 from csvgen.frames import fingerprint
 from csvgen.stores.s3 import S3Store
 from tests.conftest import S3Server, running_exporter
-from tests.fakes import FakeBus, FakeMetrics, Fault, FaultProxy
+from tests.fakes import FakeBus, FakeMetrics, Fault, FaultProxy, running_bus
 from tests.test_export_errors import entries_answer, request
 from tests.test_plan import seed
 from tests.test_replicas import entries_asked, objects, other_bus, replica
@@ -146,3 +148,94 @@ async def test_a_replica_whose_renewal_is_too_slow_stops_and_one_export_results(
     key = done["body"][0]["key"]
     assert objects(s3) == [key, key + ".manifest.json"]
     assert receipt_states(s3) == ["done"]
+
+
+RETRYABLE = ("storage_failed", "shutting_down", "overloaded")
+
+
+class Requester:
+    """The bus's clients: each id sent to two replicas, a retryable error or a replica that
+    died retried on a live one, every success reply kept."""
+
+    def __init__(self, buses: list[FakeBus], ids: list[str]) -> None:
+        self.buses = buses
+        self.live = [True] * len(buses)
+        self.waiting: dict[tuple[int, str], list[asyncio.Future[Any]]] = {}
+        self.keys: dict[str, set[str]] = {rid: set() for rid in ids}
+        self.retries = 0
+        self.dice = random.Random(3)
+
+    async def route(self, n: int) -> None:
+        """Hand each reply of bus ``n`` to the requester waiting for it."""
+        while True:
+            rid, payload = await self.buses[n].replies.get()
+            waiting = self.waiting.get((n, rid))
+            if waiting:
+                waiting.pop(0).set_result(payload)
+
+    def died(self, n: int) -> None:
+        self.live[n] = False
+        for (m, _), waiting in self.waiting.items():
+            while m == n and waiting:
+                waiting.pop(0).set_result(None)  # no reply will come: ask elsewhere
+
+    async def ask(self, n: int, rid: str) -> None:
+        for _ in range(20):
+            future = asyncio.get_running_loop().create_future()
+            self.waiting.setdefault((n, rid), []).append(future)
+            await self.buses[n].send(request(rid))
+            payload = await future
+            if payload is not None and "body" in payload:
+                self.keys[rid].add(payload["body"][0]["key"])
+                return
+            assert payload is None or payload["error"]["code"] in RETRYABLE, payload
+            self.retries += 1
+            await asyncio.sleep(0.1)  # a client's backoff before it asks again
+            n = self.dice.choice([m for m, up in enumerate(self.live) if up])
+        raise AssertionError(f"{rid}: no answer in 20 tries; the last: {payload}")
+
+
+async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
+    metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """200 ids, each delivered to two of three replicas; a fifth of the receipt writes
+    delayed past the lease; one replica killed mid-run and started again. Every id ends
+    with exactly one export, every requester is answered with it (after retrying a
+    retryable error), and no receipt is left running."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    metrics.latency = 0.3
+    ids = [f"chaos-{n}" for n in range(200)]
+    lease = {"CSVGEN_LEASE_S": "2", "CSVGEN_MAX_CONCURRENT_EXPORTS": "16"}
+    async with contextlib.AsyncExitStack() as stack:
+        buses = [await stack.enter_async_context(running_bus()) for _ in range(3)]
+        slow = Fault("PUT", "/.receipts/", "if-match", delay=2.2, chance=0.05)
+        proxies = [await stack.enter_async_context(faulty(s3, slow)) for _ in range(3)]
+        envs = [{"AWS_ENDPOINT_URL_S3": p.endpoint, **lease} for p in proxies]
+        workers = [
+            await stack.enter_async_context(replica(b, metrics, s3, **e))
+            for b, e in zip(buses, envs, strict=True)
+        ]
+        requester = Requester(buses, ids)
+        routing = [asyncio.create_task(requester.route(n)) for n in range(3)]
+        clients = asyncio.Semaphore(40)  # ids in flight at once
+
+        async def both(n: int, rid: str) -> None:
+            async with clients:
+                await asyncio.gather(requester.ask(n % 3, rid), requester.ask((n + 1) % 3, rid))
+
+        running = asyncio.gather(*(both(n, rid) for n, rid in enumerate(ids)))
+        while len(metrics.requests) < 100:  # a third of the way: kill a replica mid-export
+            await metrics.received.get()
+        await workers[0].kill()
+        requester.died(0)
+        async with replica(buses[0], metrics, s3, **envs[0]):
+            requester.live[0] = True
+            await running
+        for task in routing:
+            task.cancel()
+    assert {rid: len(keys) for rid, keys in requester.keys.items()} == dict.fromkeys(ids, 1)
+    exports = [k for k in objects(s3) if not k.endswith(".manifest.json")]
+    assert sorted(exports) == sorted(k for keys in requester.keys.values() for k in keys)
+    assert len(objects(s3)) == 2 * len(ids)
+    assert "running" not in receipt_states(s3)
+    assert slow.hits > 0 and requester.retries > 0

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from csvgen.csvexport.workdirs import WorkDir, sweep
@@ -47,7 +48,7 @@ def test_the_directories_of_killed_processes_are_swept_and_live_ones_kept(
     others = [tmp_path / "csvgen-records-file", tmp_path / "keep", tmp_path / "csvgen-new-x"]
     others[0].write_bytes(b"not a directory")
     others[1].mkdir()
-    others[2].mkdir()  # being made: no lock yet
+    others[2].mkdir()  # being made: no lock yet, and young
     assert sweep(str(tmp_path)) == 2
     assert sorted(os.listdir(tmp_path)) == sorted([Path(live.path).name, *(o.name for o in others)])
     assert sweep(str(tmp_path)) == 0  # the live one stays while held
@@ -77,3 +78,19 @@ def test_a_lock_that_is_not_a_file_is_left_and_never_waited_on(tmp_path: Path) -
     assert not sweeping.is_alive()
     assert removed == [0]
     assert fifo.exists() and link.exists()
+
+
+def test_a_new_directory_a_killed_worker_left_is_swept_by_its_lock_or_its_age(
+    tmp_path: Path,
+) -> None:
+    """Killed between making ``csvgen-new-…`` and renaming it: with its lock file (free
+    now) it goes at once; without one it goes once older than NEW_GRACE_S, never before
+    (a live worker may be about to lock it)."""
+    locked, young, old = (tmp_path / f"csvgen-new-{n}" for n in ("locked", "young", "old"))
+    for d in (locked, young, old):
+        d.mkdir()
+    (locked / ".lock").write_bytes(b"")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    assert sweep(str(tmp_path)) == 2
+    assert os.listdir(tmp_path) == [young.name]

@@ -36,12 +36,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 
 from ..errors import LeaseLost, StorageFailed
 from ..receipts import reused
 from ..stores import ObjectStore
+from .manifest import MANIFEST_SUFFIX
 
 __all__ = ["MAX_RECEIPT_BYTES", "BucketReceipts", "Lease"]
 
@@ -70,6 +72,8 @@ class Lease:
     started: float
     deadline: float
     lost: bool = field(default=False)
+    stem: str | None = None  # where the export's file goes, once known (claim)
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one write at a time
 
 
 class BucketReceipts:
@@ -147,7 +151,10 @@ class BucketReceipts:
             if etag is not None:
                 holder = doc["replica"] if doc is not None else "nobody"
                 logger.warning("request %s: took over the receipt of %s", rid, holder)
-                return Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+                lease = Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+                if doc is not None and doc["state"] == "running":
+                    await self._remove_leftovers(rid, doc.get("stem"))
+                return lease
             seen = None
 
     async def run(self, lease: Lease, work: Callable[[], Awaitable[T]]) -> T:
@@ -176,6 +183,29 @@ class BucketReceipts:
                 job.cancel()
                 await asyncio.wait({job})
             await asyncio.shield(renewing)
+
+    async def claim(self, lease: Lease, stem: str) -> None:
+        """Record in the receipt, before the upload, where the export's file goes: a
+        replica that takes over a lease whose replica was killed removes what it left.
+
+        Raises:
+            LeaseLost: the lease is lost.
+        """
+        lease.stem = stem
+        async with lease.writing:
+            if lease.lost or not await self._renew_once(lease):
+                lease.lost = True
+                raise LeaseLost(self.store.bucket)
+
+    async def _remove_leftovers(self, rid: str, stem: Any) -> None:
+        """Delete the files (and manifests) a dead holder of ``rid``'s lease stored under
+        the stem its receipt claimed: the export runs anew, and one object results."""
+        if not isinstance(stem, str) or not stem.startswith(self.prefix + "/") or ".." in stem:
+            return
+        for key in await self.store.uploads_of(stem, quote(rid, safe="")):
+            logger.warning("request %s: removed %s, left by a replica that died", rid, key)
+            for gone in (key, key + MANIFEST_SUFFIX):
+                await self.store.delete(gone)
 
     async def finish(self, lease: Lease, item: dict[str, Any]) -> None:
         """The export succeeded: the receipt keeps its object fields (no URL).
@@ -238,14 +268,16 @@ class BucketReceipts:
                     await stop.wait()
             if stop.is_set():
                 return
-            if not await self._renew_once(lease):
+            async with lease.writing:
+                renewed = not lease.lost and await self._renew_once(lease)
+            if not renewed:
                 lease.lost = True
                 logger.warning("lost the lease %s: the export stops", lease.key)
                 return
 
     async def _renew_once(self, lease: Lease) -> bool:
         """One renewal, retried while the store blinks and the lease still has time."""
-        data = self._lease(lease.fingerprint, lease.started)
+        data = self._lease(lease.fingerprint, lease.started, lease.stem)
         while (left := lease.deadline - self.monotonic()) > 0:
             sent = self.monotonic()
             try:
@@ -262,9 +294,9 @@ class BucketReceipts:
             return True
         return False
 
-    def _lease(self, fp: str, started: float | None = None) -> bytes:
+    def _lease(self, fp: str, started: float | None = None, stem: str | None = None) -> bytes:
         now = self.clock()
-        doc = {
+        doc: dict[str, Any] = {
             "state": "running",
             "fingerprint": fp,
             "replica": self.replica,
@@ -273,6 +305,8 @@ class BucketReceipts:
             "leaseS": self.lease_s,
             "write": uuid.uuid4().hex,  # every renewal changes the etag
         }
+        if stem is not None:
+            doc["stem"] = stem
         return orjson.dumps(doc)
 
 

@@ -77,6 +77,10 @@ CSV_CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
 GZIP_CONTENT_TYPE = "application/gzip"
 
 
+#: Records in the export's receipt the key stem its file is stored under (leases.py).
+Claim = Callable[[str], Awaitable[None]]
+
+
 class MetricsSource(Protocol):
     async def request(
         self, action: str, route: str, body: dict[str, Any], budget: AnswerBudget | None = None
@@ -129,12 +133,14 @@ class CsvExport:
 
     async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
         """The export, once across replicas when receipts live in the bucket (leases.py)."""
-        export = functools.partial(self._export, rid, plan, fp)
         if self.receipts is None:
-            return await export()
+            return await self._export(rid, plan, fp)
         got = await self.receipts.acquire(rid, fp, self._checked)
         if not isinstance(got, Lease):
             return await self.replay({"body": [got]})  # done by a replica, or before a restart
+        export = functools.partial(
+            self._export, rid, plan, fp, functools.partial(self.receipts.claim, got)
+        )
         try:
             payload = await self.receipts.run(got, export)
         except BaseException as exc:
@@ -160,18 +166,20 @@ class CsvExport:
                     await self.storage.delete(key)
             raise
 
-    async def _export(self, rid: str, plan: ExportPlan, fp: bytes) -> dict[str, Any]:
+    async def _export(
+        self, rid: str, plan: ExportPlan, fp: bytes, claim: Claim | None = None
+    ) -> dict[str, Any]:
         # The records past half the budget go to disk (answers.py), removed once the rows
         # are written, or when the export ends, whatever the outcome.
         limit = self.settings.memory_budget_mb * 1024 * 1024 // 2
         spill = RecordSpill(limit, self.settings.spill_dir)
         try:
-            return await self._export_spilling(rid, plan, fp, spill)
+            return await self._export_spilling(rid, plan, fp, spill, claim)
         finally:
             await _remove_spilled(spill)
 
     async def _export_spilling(
-        self, rid: str, plan: ExportPlan, fp: bytes, spill: RecordSpill
+        self, rid: str, plan: ExportPlan, fp: bytes, spill: RecordSpill, claim: Claim | None
     ) -> dict[str, Any]:
         started = self.now()
         clock = _Stages()
@@ -222,6 +230,8 @@ class CsvExport:
             del rows  # the table is not needed during the upload
             await _remove_spilled(spill)
             clock.lap("write")
+            if claim is not None:
+                await claim(stem)  # the receipt names where the file goes, before it goes
             stored = await self.storage.put_new(
                 stem,
                 extension,
@@ -276,14 +286,25 @@ class CsvExport:
         """Write ``{key}.manifest.json``; cancelled or failed, the export goes too: a reply
         never names an object without its manifest, or an object it did not keep."""
         data = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        creating = asyncio.ensure_future(
+            self.storage.create(key + MANIFEST_SUFFIX, data, "application/json")
+        )
         try:
-            created = await self.storage.create(key + MANIFEST_SUFFIX, data, "application/json")
-            if created is None:
+            if await asyncio.shield(creating) is None:
                 raise StorageFailed(f"the manifest of {key!r} already exists")
         except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.storage.delete(key))
+            await _whole(self._undo_manifest(key, creating))
             raise
+
+    async def _undo_manifest(self, key: str, creating: asyncio.Future[str | None]) -> None:
+        """Once the manifest's write has settled (a cancelled wait does not stop it), remove
+        what it and the upload stored."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait({creating})
+        landed = creating.done() and not creating.cancelled() and creating.exception() is None
+        for gone in [key + MANIFEST_SUFFIX] * (landed and creating.result() is not None) + [key]:
+            with contextlib.suppress(StorageFailed):
+                await self.storage.delete(gone)
 
     async def replay(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A repeated request: the same object, with a freshly signed URL."""

@@ -11,7 +11,9 @@ workers beside it (replicas sharing the disk) stay.
 
 A directory gets its name only once its lock is held (it is made under a ``csvgen-new-``
 name, locked, then renamed), so a free lock on a named directory always means that its
-process is gone.
+process is gone. A ``csvgen-new-`` directory is swept by the same lock test; one without
+a lock file yet (its worker killed between making it and locking it, or a live worker
+in the microseconds between) is removed only once it is ``NEW_GRACE_S`` old.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 
 __all__ = ["PREFIXES", "WorkDir", "sweep"]
 
@@ -28,6 +31,8 @@ __all__ = ["PREFIXES", "WorkDir", "sweep"]
 PREFIXES = ("csvgen-records-", "csvgen-duckdb-")
 _NEW = "csvgen-new-"
 _LOCK = ".lock"
+#: A ``csvgen-new-`` directory without a lock file is left alone this long (seconds).
+NEW_GRACE_S = 60.0
 
 
 class WorkDir:
@@ -69,13 +74,16 @@ def sweep(parent: str | None) -> int:
     except OSError:
         return 0
     for entry in entries:
-        if not entry.name.startswith(PREFIXES) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith((*PREFIXES, _NEW)) or not entry.is_dir(follow_symlinks=False):
             continue
         try:  # without blocking (a FIFO put there) or following a link
             lock = os.open(
                 os.path.join(entry.path, _LOCK), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
             )
-        except OSError:  # removed meanwhile (its export ended), or not ours
+        except FileNotFoundError:  # removed meanwhile, or a new one never locked
+            removed += _sweep_unlocked(entry)
+            continue
+        except OSError:  # not ours
             continue
         try:
             if not stat.S_ISREG(os.fstat(lock).st_mode):  # not ours
@@ -89,3 +97,15 @@ def sweep(parent: str | None) -> int:
         finally:
             os.close(lock)
     return removed
+
+
+def _sweep_unlocked(entry: os.DirEntry[str]) -> int:
+    """Remove a ``csvgen-new-`` directory that never got its lock file, once it is old."""
+    try:
+        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0
+    if not entry.name.startswith(_NEW) or age < NEW_GRACE_S:
+        return 0
+    shutil.rmtree(entry.path, ignore_errors=True)
+    return 1

@@ -72,6 +72,10 @@ class ObjectStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def uploads_of(self, stem: str, request_id: str) -> list[str]:
+        """Keys under ``stem`` of objects stored for ``request_id`` (its metadata)."""
+        ...
+
 
 def content_disposition(name: str, extension: str) -> str:
     """``attachment; filename="…"`` from a metric request's name, made safe for any client."""

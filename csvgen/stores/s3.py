@@ -282,6 +282,24 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("delete", exc) from None
 
+    async def uploads_of(self, stem: str, request_id: str) -> list[str]:
+        """Keys under ``stem`` (at most 1,000) of objects whose ``request-id`` metadata is
+        ``request_id``: what a replica killed mid-export may have left (leases.py)."""
+
+        def find() -> list[str]:
+            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=stem, MaxKeys=1000)
+            found = []
+            for entry in listed.get("Contents", []):
+                head = self.client.head_object(Bucket=self.bucket, Key=entry["Key"])
+                if head.get("Metadata", {}).get("request-id") == request_id:
+                    found.append(entry["Key"])
+            return found
+
+        try:
+            return await asyncio.to_thread(find)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._failed("list", exc) from None
+
     async def honours_conditions(self, prefix: str) -> bool:
         """Whether the store refuses what receipts rely on (SPEC §9): a second
         ``If-None-Match: *`` create of one key, and a replace naming a wrong ETag.
