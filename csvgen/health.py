@@ -6,6 +6,11 @@ loop. ``GET /healthz``: 200 while the process runs. ``GET /readyz``: 200 when th
 link is up and the worker is not draining, else 503 with a JSON reason.
 ``GET /metrics``: the registry of telemetry.py in Prometheus' text format, written by
 ``prometheus_client``. Anything else: 404; a malformed or slow request: closed.
+
+The port may face a network (``CSVGEN_HTTP_HOST=0.0.0.0``), so what a client can hold is
+bounded: at most ``MAX_CONNECTIONS`` connections at once (one more is closed as soon as
+it is accepted, so idle clients cannot use up the worker's files), and each connection
+lives at most ``CONNECTION_TIMEOUT_S``, its read, answer, drain and close together.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ __all__ = ["HealthServer"]
 
 logger = logging.getLogger(__name__)
 
-#: A request line and headers larger than this, or slower than READ_TIMEOUT_S, are dropped.
+#: A request line and headers larger than this are dropped.
 MAX_REQUEST_BYTES = 8 * 1024
-READ_TIMEOUT_S = 5.0
+#: A connection's whole life (read, answer, drain, close), at most.
+CONNECTION_TIMEOUT_S = 5.0
+#: Connections served at once; more are closed as soon as they are accepted.
+MAX_CONNECTIONS = 32
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -38,6 +46,8 @@ class HealthServer:
         self.port = port
         self.not_ready = not_ready
         self.server: asyncio.Server | None = None
+        self.open = 0  # connections being served
+        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
 
     async def start(self) -> int:
         """Listen; returns the bound port (a free one when asked for port 0)."""
@@ -53,25 +63,35 @@ class HealthServer:
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= MAX_CONNECTIONS:
+            self.refused += 1
+            writer.transport.abort()  # its file is given back now, not after a timeout
+            return
+        self.open += 1
         try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            status, content_type, body = self._answer(method, path.split("?", 1)[0])
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + (body if method != "HEAD" else b"")
-            )
-            await writer.drain()
+            async with asyncio.timeout(CONNECTION_TIMEOUT_S):
+                await self._serve(reader, writer)
         except (TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # not a request we answer: the connection is closed
+            pass  # not a request we answer, or too slow: the connection is closed
         except ConnectionError:
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self.open -= 1
+            writer.transport.abort()  # closed already, or stuck: never waited on
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        status, content_type, body = self._answer(method, path.split("?", 1)[0])
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + (body if method != "HEAD" else b"")
+        )
+        await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     def _answer(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):

@@ -1,11 +1,19 @@
-"""``python -m tests.limited ARGS``: ``python -m csvgen ARGS`` with each file it writes
-limited to ``TEST_FILE_SIZE_LIMIT`` bytes (RLIMIT_FSIZE). A write past the limit fails
-as on a full disk (EFBIG: Python ignores SIGXFSZ), whichever library makes it."""
+"""``python -m tests.limited ARGS``: ``python -m csvgen ARGS`` under resource limits:
+
+- ``TEST_FILE_SIZE_LIMIT``: each file it writes is limited to that many bytes
+  (RLIMIT_FSIZE). A write past the limit fails as on a full disk (EFBIG: Python
+  ignores SIGXFSZ), whichever library makes it.
+- ``TEST_OPEN_FILES_LIMIT``: at most that many open files (RLIMIT_NOFILE).
+"""
 
 import os
 import resource
 import runpy
 
-limit = int(os.environ.pop("TEST_FILE_SIZE_LIMIT"))
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for variable, kind in [
+    ("TEST_FILE_SIZE_LIMIT", resource.RLIMIT_FSIZE),
+    ("TEST_OPEN_FILES_LIMIT", resource.RLIMIT_NOFILE),
+]:
+    if (value := os.environ.pop(variable, None)) is not None:
+        resource.setrlimit(kind, (int(value), resource.getrlimit(kind)[1]))
 runpy.run_module("csvgen", run_name="__main__", alter_sys=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -76,9 +77,10 @@ async def test_probes_and_metrics_of_a_serving_worker(
         assert got[("csvgen_metric_requests_total", (("outcome", "ok"),))] == 2  # entries, detail
         assert got[("csvgen_upstream_received_bytes_total", ())] > 0
         assert got[("csvgen_exports_running", ())] == 0
-        # The store check at start: two creates and a delete of the probe; then the export:
-        # its receipt, the CSV, the manifest and the receipt's update.
-        assert got[("csvgen_store_requests_total", (("operation", "PutObject"),))] == 2 + 4
+        # The store check at start: two creates, a replace and a delete of the probe; then
+        # the export: its receipt, its claim of a key stem, the CSV, the manifest and the
+        # receipt's final update.
+        assert got[("csvgen_store_requests_total", (("operation", "PutObject"),))] == 3 + 5
         assert got[("csvgen_store_requests_total", (("operation", "DeleteObject"),))] == 1
         stages = {k[1] for k in got if k[0] == "csvgen_export_stage_duration_seconds_count"}
         assert {dict(labels)["stage"] for labels in stages} == {
@@ -153,3 +155,43 @@ async def test_not_ready_while_the_bus_refuses_connections() -> None:
         assert await worker.stop() == 0
     finally:
         await worker.kill()
+
+
+async def test_idle_clients_of_the_health_port_cannot_use_up_the_workers_files(
+    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """With 256 files allowed, 300 clients that send one byte and wait: the extra ones are
+    closed at once, so the worker still exports (it opens sockets) and answers /healthz."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    env = child_env(
+        CSVGEN_HTTP_PORT="0",
+        CSVGEN_BUS_URL=bus.uri,
+        CSVGEN_METRICS_URL=metrics.uri,
+        AWS_ENDPOINT_URL_S3=s3.endpoint,
+        TEST_OPEN_FILES_LIMIT="256",
+    )
+    worker = await Child("run", env=env, module="tests.limited").start()
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        line = await worker.wait_for_line("serving /healthz, /readyz and /metrics on http://")
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        for _ in range(300):
+            with contextlib.suppress(ConnectionError):  # an extra one is closed at once
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"G")
+                idle.append(writer)
+        await bus.send(request("busy"))
+        _, payload = await bus.reply()
+        for writer in idle:  # the idle clients go; their slots free as the worker sees it
+            writer.close()
+        async with asyncio.timeout(10):
+            while True:
+                with contextlib.suppress(ConnectionError):
+                    status, _ = await get(port, "/healthz")
+                    break
+    finally:
+        for writer in idle:
+            writer.close()
+        await worker.stop()
+    assert payload["body"][0]["rowCount"] == 3 and status == 200
+    assert not any("accept" in line.lower() for line in worker.lines)
