@@ -33,10 +33,11 @@ ones get the grace period; the rest are cancelled and answered ``shutting_down``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from . import frames, telemetry
@@ -176,15 +177,11 @@ class Dispatcher:
         start = self.clock()
         deadline = asyncio.timeout(self.export_timeout_s)
         try:
-            async with deadline, self._slots:
-                self._running += 1
-                self._gauges()
-                try:
-                    payload = await _outcome(
-                        functools.partial(job, fp), f"request {rid}: bug in the handler of {name}"
-                    )
-                finally:
-                    self._running -= 1
+            async with deadline:
+                payload = await _outcome(
+                    functools.partial(job, fp, self._slot),
+                    f"request {rid}: bug in the handler of {name}",
+                )
         except asyncio.CancelledError:
             if self.draining:
                 self._finish(rid, name, ShuttingDown().as_json(), "shutting_down", start)
@@ -198,6 +195,18 @@ class Dispatcher:
         self._finish(
             rid, name, payload, outcome, start, route.summarize(payload) if done else None, done
         )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of ``max_concurrent`` export slots, held while the job's work runs."""
+        async with self._slots:
+            self._running += 1
+            self._gauges()
+            try:
+                yield
+            finally:
+                self._running -= 1
+                self._gauges()
 
     def _finish(
         self,

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnknownRoute
 from .frames import Action
 
-__all__ = ["Handler", "Job", "Prepare", "Replay", "Route", "Router"]
+__all__ = ["Handler", "Job", "Prepare", "Replay", "Route", "Router", "Slot"]
 
 #: Serves one action; returns the reply payload or raises a ReplyError.
 Handler = Callable[[Action], Awaitable[Any]]
-#: The work of one admitted request, ready to run when a slot frees; it is given the
-#: request's fingerprint (frames.fingerprint), computed once by the dispatcher.
-Job = Callable[[bytes], Awaitable[Any]]
+#: Holds one of the dispatcher's export slots while entered (``async with slot():``).
+Slot = Callable[[], AbstractAsyncContextManager[None]]
+#: The work of one admitted request; it is given the request's fingerprint
+#: (frames.fingerprint, computed once by the dispatcher) and the slot it runs in: a job
+#: enters the slot itself, so that it may wait for something else first (csv-generator
+#: waits for another replica's export without holding a slot).
+Job = Callable[[bytes, Slot], Awaitable[Any]]
 #: Validates an action on receipt (raising a ReplyError) and returns its job.
 Prepare = Callable[[Action], Job]
 #: Turns a stored payload into the payload of a repeated answer (e.g. re-signs a URL).
@@ -32,8 +37,9 @@ Summary = Callable[[Any], dict[str, Any]]
 
 
 def _later(handle: Handler, action: Action) -> Job:
-    async def job(fingerprint: bytes) -> Any:
-        return await handle(action)
+    async def job(fingerprint: bytes, slot: Slot) -> Any:
+        async with slot():
+            return await handle(action)
 
     return job
 

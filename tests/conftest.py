@@ -3,6 +3,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -83,6 +87,41 @@ class S3Server:
     def stop(self) -> None:
         if self.running:
             self.server.stop()
+            self.running = False
+
+
+class S3Process(S3Server):
+    """moto's S3 server in a process of its own (``python -m moto.server``): for tests
+    whose load would otherwise share this process's one core with everything else."""
+
+    def __init__(self, bucket: str = "aura-exports") -> None:
+        self.bucket = bucket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.running = True
+        deadline = time.monotonic() + 30
+        while True:  # until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
+        self.client().create_bucket(Bucket=bucket)
+
+    def stop(self) -> None:
+        if self.running:
+            self.process.kill()
+            self.process.wait()
             self.running = False
 
 

@@ -268,7 +268,9 @@ class Fault:
     strip: tuple[str, ...] = ()  # headers removed before forwarding
     times: int | None = None
     chance: float = 1.0  # the share of matching requests it applies to (seeded)
+    after: int = 0  # the first that many matching requests pass untouched
     hits: int = 0
+    passed: int = 0
 
     def matches(self, method: str, target: str, names: set[str], dice: random.Random) -> bool:
         return (
@@ -331,6 +333,9 @@ class FaultProxy:
             fault = next(
                 (f for f in self.faults if f.matches(method, target, names, self.dice)), Fault()
             )
+            if fault.passed < fault.after:
+                fault.passed += 1
+                fault = Fault()
             fault.hits += 1
             if fault.delay:
                 await asyncio.sleep(fault.delay)

@@ -12,7 +12,7 @@ from csvgen.dispatch import Dispatcher
 from csvgen.errors import Detail, InvalidRequest
 from csvgen.frames import Action, encode_action
 from csvgen.outbox import Outbox
-from csvgen.routes import Job, Router
+from csvgen.routes import Job, Router, Slot
 
 
 class Route:
@@ -29,10 +29,11 @@ class Route:
             raise InvalidRequest([Detail("ok", "must be true")])
         return functools.partial(self.run, action.id, action.body["n"])
 
-    async def run(self, rid: str, n: int, fingerprint: bytes) -> Any:
-        await self.started.put(rid)
-        await self.gate.wait()
-        return {"body": [{"n": n}]}
+    async def run(self, rid: str, n: int, fingerprint: bytes, slot: Slot) -> Any:
+        async with slot():
+            await self.started.put(rid)
+            await self.gate.wait()
+            return {"body": [{"n": n}]}
 
 
 def dispatcher(route: Route, **limits: Any) -> Dispatcher:

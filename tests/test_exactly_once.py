@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ import pytest
 from csvgen.csvexport.leases import BucketReceipts
 from csvgen.frames import fingerprint
 from csvgen.stores.s3 import S3Store
-from tests.conftest import S3Server, running_exporter
+from tests.conftest import AWS_ENV, S3Process, S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, Fault, FaultProxy, running_bus
 from tests.test_export_errors import entries_answer, request
 from tests.test_plan import seed
@@ -81,7 +81,9 @@ async def test_a_final_receipt_write_that_keeps_failing_leaves_nothing(
     """The "done" write meets conflicts past every retry: storage_failed, and neither the
     file nor its manifest stays behind to be made again by a retry."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    conflict = Fault("PUT", "/.receipts/", "if-match", answer=(409, "ConditionalRequestConflict"))
+    conflict = Fault(  # the claim of a key stem passes; every final write meets a conflict
+        "PUT", "/.receipts/", "if-match", answer=(409, "ConditionalRequestConflict"), after=1
+    )
     async with running_exporter(bus, metrics, unsafe_store=False):
         proxy.faults.append(conflict)
         await bus.send(request("unlucky"))
@@ -195,20 +197,32 @@ class Requester:
         raise AssertionError(f"{rid}: no answer in 20 tries; the last: {payload}")
 
 
+@pytest.fixture
+def s3_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = S3Process()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
-    metrics: FakeMetrics, s3: S3Server
+    metrics: FakeMetrics, s3_process: S3Server
 ) -> None:
     """200 ids, each delivered to two of three replicas; a fifth of the receipt writes
     delayed past the lease; one replica killed mid-run and started again. Every id ends
     with exactly one export, every requester is answered with it (after retrying a
     retryable error), and no receipt is left running."""
+    s3 = s3_process
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    metrics.latency = 0.3
+    metrics.latency = 0.2
     ids = [f"chaos-{n}" for n in range(200)]
-    lease = {"CSVGEN_LEASE_S": "2", "CSVGEN_MAX_CONCURRENT_EXPORTS": "16"}
+    lease = {"CSVGEN_LEASE_S": "3", "CSVGEN_MAX_CONCURRENT_EXPORTS": "16"}
     async with contextlib.AsyncExitStack() as stack:
         buses = [await stack.enter_async_context(running_bus()) for _ in range(3)]
-        slow = Fault("PUT", "/.receipts/", "if-match", delay=2.2, chance=0.05)
+        slow = Fault("PUT", "/.receipts/", "if-match", delay=3.5, chance=0.02)
         proxies = [await stack.enter_async_context(faulty(s3, slow)) for _ in range(3)]
         envs = [{"AWS_ENDPOINT_URL_S3": p.endpoint, **lease} for p in proxies]
         workers = [
@@ -217,7 +231,7 @@ async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
         ]
         requester = Requester(buses, ids)
         routing = [asyncio.create_task(requester.route(n)) for n in range(3)]
-        clients = asyncio.Semaphore(40)  # ids in flight at once
+        clients = asyncio.Semaphore(30)  # ids in flight at once
 
         async def both(n: int, rid: str) -> None:
             async with clients:
@@ -239,3 +253,29 @@ async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
     assert len(objects(s3)) == 2 * len(ids)
     assert "running" not in receipt_states(s3)
     assert slow.hits > 0 and requester.retries > 0
+
+
+async def test_waiting_for_another_replicas_export_holds_no_slot(
+    bus: FakeBus, other_bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+) -> None:
+    """B has one slot; it waits for A's slow export of "shared" and meanwhile runs and
+    answers "own", instead of queueing it behind the wait."""
+    metrics.answers.append(({"route": "entries"}, entries_answer()))
+    slow_upload = Fault("PUT", "/exports/64a1b2c3d4e5f6a7b8c9d0e3/", delay=4, times=1)
+    async with (
+        faulty(s3, slow_upload) as proxy,
+        replica(bus, metrics, s3, AWS_ENDPOINT_URL_S3=proxy.endpoint) as a,
+        replica(other_bus, metrics, s3, CSVGEN_MAX_CONCURRENT_EXPORTS="1") as b,
+    ):
+        await bus.send(request("shared"))
+        await a.wait_for_line("connected to the bus")
+        assert await metrics.received.get() in ("entries", "detail/list")  # A runs it
+        await other_bus.send(request("shared"))
+        await b.wait_for_line("request shared: waiting for")
+        other = seed()
+        other["csvFormat"]["sortBy"] = []
+        await other_bus.send(request("own", other))
+        first, second = await other_bus.reply(), await other_bus.reply()
+        _, from_a = await bus.reply()
+    assert [first[0], second[0]] == ["own", "shared"] and slow_upload.hits == 1
+    assert second[1]["body"][0]["key"] == from_a["body"][0]["key"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +23,15 @@ async def test_a_handle_route_runs_its_handler_when_the_job_runs() -> None:
     job = router.resolve("external-service/echo").prepare(
         Action("r", "external-service/echo", {"a": 1})
     )
-    assert await job(b"fingerprint") == {"body": [{"a": 1}]}
+    entered = []
+
+    @contextlib.asynccontextmanager
+    async def slot() -> AsyncIterator[None]:
+        entered.append(True)
+        yield
+
+    assert await job(b"fingerprint", slot) == {"body": [{"a": 1}]}
+    assert entered == [True]  # the handler ran in the dispatcher's slot
 
 
 def test_unknown_routes_raise_unknown_route() -> None:

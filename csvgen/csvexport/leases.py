@@ -53,6 +53,8 @@ REPLICA = f"{socket.gethostname()}-{os.getpid()}"
 JSON = "application/json"
 #: A receipt read back is at most this big (its item's warnings are bounded to 64 KiB).
 MAX_RECEIPT_BYTES = 256 * 1024
+#: Key stems a receipt keeps at most (its own, and those of holders that died).
+MAX_STEMS = 8
 #: Attempts at the final (finished or terminal) write of a receipt.
 FINAL_ATTEMPTS = 5
 
@@ -72,7 +74,8 @@ class Lease:
     started: float
     deadline: float
     lost: bool = field(default=False)
-    stem: str | None = None  # where the export's file goes, once known (claim)
+    stems: list[str] = field(default_factory=list)  # claimed key stems (claim), inherited too
+    leftovers: tuple[str, list[str]] | None = None  # (id, stems) of a dead holder to clean
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one write at a time
 
 
@@ -109,12 +112,14 @@ class BucketReceipts:
         """A lease to run the export, or the (checked) object fields of the export done."""
         key, fp = self.key(rid), fingerprint.hex()
         seen: tuple[str, float] | None = None  # a running receipt's etag, and since when
-        waiting = False
+        waiting, create = False, True
         while True:
-            sent = self.monotonic()
-            etag = await self.store.create(key, self._lease(fp), JSON)
-            if etag is not None:
-                return Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+            if create:
+                sent = self.monotonic()
+                etag = await self.store.create(key, self._lease(fp), JSON)
+                if etag is not None:
+                    return Lease(key, etag, fp, self.clock(), sent + self.lease_s)
+            create = True
             found = await self.store.read(key, MAX_RECEIPT_BYTES)
             if found is None:
                 continue  # gone between the two calls: create again
@@ -141,19 +146,24 @@ class BucketReceipts:
                         )
                         waiting = True
                     await asyncio.sleep(self.poll_s)
+                    create = False  # it is there: read it again, no create to refuse
                     continue
             # A lease that stood still for a whole lease (its replica died), one of this very
             # process that none of its exports holds (its final write failed: the dispatcher
             # admits an id once), a terminal or old receipt, or an object that is no
             # receipt of csvgen's: take it over.
+            # A dead holder's claimed stems are kept in the new lease until their leftovers
+            # are gone, so that a replica that dies cleaning them up passes them on.
+            stems = (
+                self._stems(doc["stems"]) if doc is not None and doc["state"] == "running" else []
+            )
             sent = self.monotonic()
-            etag = await self.store.replace(key, self._lease(fp), JSON, found.etag)
+            etag = await self.store.replace(key, self._lease(fp, None, stems), JSON, found.etag)
             if etag is not None:
                 holder = doc["replica"] if doc is not None else "nobody"
                 logger.warning("request %s: took over the receipt of %s", rid, holder)
-                lease = Lease(key, etag, fp, self.clock(), sent + self.lease_s)
-                if doc is not None and doc["state"] == "running":
-                    await self._remove_leftovers(rid, doc.get("stem"))
+                lease = Lease(key, etag, fp, self.clock(), sent + self.lease_s, stems=stems)
+                lease.leftovers = (rid, list(stems))  # removed under the lease (run)
                 return lease
             seen = None
 
@@ -167,7 +177,7 @@ class BucketReceipts:
             LeaseLost: a renewal failed or could not land in time; ``work`` was cancelled
                 and has cleaned up.
         """
-        job = asyncio.ensure_future(work())
+        job = asyncio.ensure_future(self._after_leftovers(lease, work))
         stop = asyncio.Event()
         renewing = asyncio.create_task(self._renew(lease, stop))
         try:
@@ -191,21 +201,43 @@ class BucketReceipts:
         Raises:
             LeaseLost: the lease is lost.
         """
-        lease.stem = stem
+        if stem not in lease.stems:
+            lease.stems = [*lease.stems, stem][-MAX_STEMS:]
         async with lease.writing:
-            if lease.lost or not await self._renew_once(lease):
-                lease.lost = True
-                raise LeaseLost(self.store.bucket)
+            lost = "lost before" if lease.lost else await self._renew_once(lease)
+        if lost is not None:
+            lease.lost = True
+            logger.warning("lost the lease %s (%s): the export stops", lease.key, lost)
+            raise LeaseLost(self.store.bucket)
 
-    async def _remove_leftovers(self, rid: str, stem: Any) -> None:
+    def _stems(self, claimed: Any) -> list[str]:
+        """The key stems a receipt claims that are export stems under the prefix."""
+        if not isinstance(claimed, list):
+            return []
+        return [
+            s
+            for s in claimed[-MAX_STEMS:]
+            if isinstance(s, str) and s.startswith(self.prefix + "/") and ".." not in s
+        ]
+
+    async def _remove_leftovers(self, rid: str, stem: str) -> None:
         """Delete the files (and manifests) a dead holder of ``rid``'s lease stored under
-        the stem its receipt claimed: the export runs anew, and one object results."""
-        if not isinstance(stem, str) or not stem.startswith(self.prefix + "/") or ".." in stem:
-            return
+        a stem its receipt claimed: the export runs anew, and one object results."""
         for key in await self.store.uploads_of(stem, quote(rid, safe="")):
+            if key.endswith(MANIFEST_SUFFIX):
+                continue  # removed with its export
             logger.warning("request %s: removed %s, left by a replica that died", rid, key)
-            for gone in (key, key + MANIFEST_SUFFIX):
+            for gone in (key + MANIFEST_SUFFIX, key):  # the object last: a next cleanup finds it
                 await self.store.delete(gone)
+
+    async def _after_leftovers(self, lease: Lease, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()``, once what a dead holder of the lease left is removed."""
+        if lease.leftovers is not None:
+            rid, stems = lease.leftovers
+            for stem in stems:
+                await self._remove_leftovers(rid, stem)
+            lease.leftovers = None
+        return await work()
 
     async def finish(self, lease: Lease, item: dict[str, Any]) -> None:
         """The export succeeded: the receipt keeps its object fields (no URL).
@@ -263,38 +295,44 @@ class BucketReceipts:
     async def _renew(self, lease: Lease, stop: asyncio.Event) -> None:
         """Renew until ``stop``; returns early (``lease.lost``) when the lease is lost."""
         while True:
+            # Every third of the lease, counted from when the last write was sent (not
+            # from when its answer came), so a slow answer does not eat into the next.
+            due = lease.deadline - self.lease_s * 2 / 3 - self.monotonic()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lease_s / 3):
+                async with asyncio.timeout(max(0.0, due)):
                     await stop.wait()
             if stop.is_set():
                 return
             async with lease.writing:
-                renewed = not lease.lost and await self._renew_once(lease)
-            if not renewed:
+                lost = "lost before" if lease.lost else await self._renew_once(lease)
+            if lost is not None:
                 lease.lost = True
-                logger.warning("lost the lease %s: the export stops", lease.key)
+                logger.warning("lost the lease %s (%s): the export stops", lease.key, lost)
                 return
 
-    async def _renew_once(self, lease: Lease) -> bool:
-        """One renewal, retried while the store blinks and the lease still has time."""
-        data = self._lease(lease.fingerprint, lease.started, lease.stem)
+    async def _renew_once(self, lease: Lease) -> str | None:
+        """One renewal, retried while the store blinks and the lease still has time; None
+        when it landed, else why the lease is lost."""
+        data = self._lease(lease.fingerprint, lease.started, lease.stems)
         while (left := lease.deadline - self.monotonic()) > 0:
             sent = self.monotonic()
             try:
                 async with asyncio.timeout(min(self.renewal_timeout_s, left)):
                     etag = await self.store.replace(lease.key, data, JSON, lease.etag)
             except TimeoutError:
-                return False  # it may land later: its etag would be unknown
+                return "a renewal timed out"  # it may land later: its etag would be unknown
             except StorageFailed:
                 await asyncio.sleep(min(0.1, self.renewal_timeout_s))
                 continue
             if etag is None:
-                return False  # another replica took the receipt over
+                return "another replica took the receipt over"
             lease.etag, lease.deadline = etag, sent + self.lease_s
-            return True
-        return False
+            return None
+        return "the store failed until the lease ended"
 
-    def _lease(self, fp: str, started: float | None = None, stem: str | None = None) -> bytes:
+    def _lease(
+        self, fp: str, started: float | None = None, stems: list[str] | None = None
+    ) -> bytes:
         now = self.clock()
         doc: dict[str, Any] = {
             "state": "running",
@@ -305,8 +343,8 @@ class BucketReceipts:
             "leaseS": self.lease_s,
             "write": uuid.uuid4().hex,  # every renewal changes the etag
         }
-        if stem is not None:
-            doc["stem"] = stem
+        if stems:
+            doc["stems"] = stems
         return orjson.dumps(doc)
 
 
@@ -335,4 +373,9 @@ def _receipt(data: bytes) -> dict[str, Any] | None:
         return None
     if doc["state"] == "done" and not isinstance(doc.get("item"), dict):
         return None
-    return {**doc, "at": float(at), "replica": str(doc.get("replica"))[:200]}
+    return {
+        **doc,
+        "at": float(at),
+        "replica": str(doc.get("replica"))[:200],
+        "stems": doc.get("stems"),
+    }

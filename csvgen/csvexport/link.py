@@ -20,7 +20,7 @@ import orjson
 from ..config import MAX_URL_EXPIRES_S, Settings
 from ..errors import MAX_DETAILS, MAX_TEXT_CHARS, Detail, InvalidRequest, NotFound, cut, echo
 from ..frames import Action
-from ..routes import Job
+from ..routes import Job, Slot
 from ..stores import ObjectStore
 from .manifest import FORMAT, MANIFEST_SUFFIX
 
@@ -64,7 +64,10 @@ class ExportLinks:
         assert isinstance(key, str)
         return functools.partial(self.run, key, expires or self.settings.url_expires_s)
 
-    async def run(self, key: str, asked: int, fingerprint: bytes = b"") -> dict[str, Any]:
+    async def run(
+        self, key: str, asked: int, fingerprint: bytes = b"", slot: Slot | None = None
+    ) -> dict[str, Any]:
+        """A link: one manifest read and a signature, too quick to need an export slot."""
         export = await read_export(self.storage, self.settings.key_prefix, key)
         if export is None:
             raise _not_found(key)

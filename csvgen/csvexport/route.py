@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..frames import Action, fingerprint
 from ..metrics import AnswerBudget, AnswerSink
-from ..routes import Job
+from ..routes import Job, Slot
 from ..stores import ObjectStore, content_disposition
 from . import outofcore
 from .answers import (
@@ -131,24 +131,32 @@ class CsvExport:
             )
         return functools.partial(self.run, action.id, plan)
 
-    async def run(self, rid: str, plan: ExportPlan, fp: bytes = b"") -> dict[str, Any]:
-        """The export, once across replicas when receipts live in the bucket (leases.py)."""
+    async def run(self, rid: str, plan: ExportPlan, fp: bytes, slot: Slot) -> dict[str, Any]:
+        """The export, once across replicas when receipts live in the bucket (leases.py).
+
+        Waiting for another replica's export holds no slot; a lease is renewed from the
+        moment it is held, while this export waits for its slot too."""
         if self.receipts is None:
-            return await self._export(rid, plan, fp)
+            async with slot():
+                return await self._export(rid, plan, fp)
         got = await self.receipts.acquire(rid, fp, self._checked)
         if not isinstance(got, Lease):
             return await self.replay({"body": [got]})  # done by a replica, or before a restart
-        export = functools.partial(
-            self._export, rid, plan, fp, functools.partial(self.receipts.claim, got)
-        )
+        claim = functools.partial(self.receipts.claim, got)
         try:
-            payload = await self.receipts.run(got, export)
+            payload = await self.receipts.run(got, lambda: self._in(slot, rid, plan, fp, claim))
         except BaseException as exc:
             error = exc if isinstance(exc, ReplyError) else InternalError()
             await _whole(self.receipts.release(got, error.as_json()["error"]))
             raise
         await _whole(self._keep(got, payload["body"][0]))
         return payload
+
+    async def _in(
+        self, slot: Slot, rid: str, plan: ExportPlan, fp: bytes, claim: Claim
+    ) -> dict[str, Any]:
+        async with slot():
+            return await self._export(rid, plan, fp, claim)
 
     async def _checked(self, item: dict[str, Any]) -> dict[str, Any] | None:
         """A finished receipt's export, rebuilt from its manifest as the link route does."""
@@ -161,7 +169,7 @@ class CsvExport:
         try:
             await self.receipts.finish(lease, item)
         except BaseException:
-            for key in (item["key"], item["manifestKey"]):
+            for key in (item["manifestKey"], item["key"]):  # never a manifest without its export
                 with contextlib.suppress(StorageFailed):
                     await self.storage.delete(key)
             raise

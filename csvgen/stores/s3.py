@@ -21,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["S3Store"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
@@ -51,6 +54,8 @@ MAX_SUFFIX = 100
 #: ``409 ConditionalRequestConflict`` answers retried on the same key, at most.
 MAX_CONFLICTS = 3
 REMEMBERED_STEMS = 10_000
+#: Threads for small calls (receipts, manifests, deletes), apart from the default executor.
+SMALL_CALLS = 8
 #: A small object read back (receipt, manifest) is at most this big unless the caller says
 #: less; a larger one is never trusted, nor held whole.
 MAX_SMALL_BYTES = 8 * 1024 * 1024
@@ -81,7 +86,18 @@ class S3Store:
                 read_timeout=60,
             ),
         )
+        # Small calls (receipts, manifests) get threads of their own: a lease renewal must
+        # not wait in the default executor's queue behind the exports' table work, whose
+        # few threads (cores + 4) a busy worker keeps full.
+        self._small_calls = ThreadPoolExecutor(SMALL_CALLS, thread_name_prefix="csvgen-store")
         self._count_requests()
+
+    async def _small(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` in one of the small calls' threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._small_calls, functools.partial(call, *args, **kwargs)
+        )
 
     def _count_requests(self) -> None:
         """Count and time every S3 call (telemetry.py), whichever thread makes it."""
@@ -239,13 +255,13 @@ class S3Store:
         is tried again, up to ``MAX_CONFLICTS`` times; boto retries the 5xx answers."""
         for conflicts in range(MAX_CONFLICTS + 1):
             try:
-                answer = await asyncio.to_thread(
+                answer = await self._small(
                     self.client.put_object,
                     Bucket=self.bucket,
                     Key=key,
                     Body=data,
                     ContentType=content_type,
-                    **condition,  # type: ignore[arg-type]
+                    **condition,
                 )
             except ClientError as exc:
                 if _is_precondition_failed(exc) or _code(exc) in ("NoSuchKey", "404"):
@@ -268,7 +284,7 @@ class S3Store:
                 return Versioned(body.read(limit + 1), answer["ETag"])
 
         try:
-            return await asyncio.to_thread(get)
+            return await self._small(get)
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
@@ -278,7 +294,7 @@ class S3Store:
 
     async def delete(self, key: str) -> None:
         try:
-            await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=key)
+            await self._small(self.client.delete_object, Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("delete", exc) from None
 
@@ -290,13 +306,20 @@ class S3Store:
             listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=stem, MaxKeys=1000)
             found = []
             for entry in listed.get("Contents", []):
-                head = self.client.head_object(Bucket=self.bucket, Key=entry["Key"])
+                if entry["Key"].endswith(".manifest.json"):
+                    continue  # a manifest goes with its export
+                try:
+                    head = self.client.head_object(Bucket=self.bucket, Key=entry["Key"])
+                except ClientError as exc:
+                    if _code(exc) in ("NoSuchKey", "404"):
+                        continue  # deleted since it was listed
+                    raise
                 if head.get("Metadata", {}).get("request-id") == request_id:
                     found.append(entry["Key"])
             return found
 
         try:
-            return await asyncio.to_thread(find)
+            return await self._small(find)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("list", exc) from None
 
