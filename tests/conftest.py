@@ -22,7 +22,9 @@ from csvgen.worker import serve
 from tests.fakes import FakeBus, FakeMetrics, running_bus
 
 # Property tests: a short run in CI, a long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz).
-hypothesis_settings.register_profile("ci", max_examples=300, deadline=None)
+# 100 examples: the properties' share of `make test` is a third of what 300 cost (the
+# 100,000 of `make fuzz` are where they search hard).
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None)
 hypothesis_settings.register_profile(
     "fuzz",
     max_examples=100_000,
@@ -70,15 +72,25 @@ class S3Server:
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         self.running = True
-        # moto keeps its state per process, not per server: start each test from nothing.
+        self.reset()
+
+    def reset(self) -> None:
+        """moto keeps its state per process, not per server: each test starts from nothing
+        but the bucket."""
         reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
         urllib.request.urlopen(reset, timeout=10).close()
-        self.client().create_bucket(Bucket=bucket)
+        self.client().create_bucket(Bucket=self.bucket)
 
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -125,8 +137,39 @@ class S3Process(S3Server):
             self.running = False
 
 
+class SharedS3(S3Server):
+    """The S3 server of one test, shared by all the tests of this process (starting and
+    stopping moto's server cost 0.6 s a test): its state is reset for each; it cannot be
+    stopped (a test that stops S3 asks for ``own_s3``)."""
+
+    def __init__(self, server: S3Server) -> None:
+        self.__dict__.update(server.__dict__)
+
+    def stop(self) -> None:
+        raise AssertionError("the shared S3 server is not stopped by a test: use own_s3")
+
+
+@pytest.fixture(scope="session")
+def shared_s3() -> Iterator[S3Server]:
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+def s3(shared_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    shared_s3.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", shared_s3.endpoint)
+    return SharedS3(shared_s3)
+
+
+@pytest.fixture
+def own_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """An S3 server of this test's own, which it may stop."""
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     server = S3Server()

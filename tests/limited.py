@@ -4,8 +4,13 @@
   (RLIMIT_FSIZE). A write past the limit fails as on a full disk (EFBIG: Python
   ignores SIGXFSZ), whichever library makes it.
 - ``TEST_OPEN_FILES_LIMIT``: at most that many open files (RLIMIT_NOFILE).
+
+The limits are lifted again at exit (an exit handler registered after coverage's runs
+before it), so that coverage can write this process's data whole: a data file cut at
+the limit is a corrupt file that `coverage combine` would drop.
 """
 
+import atexit
 import os
 import resource
 import runpy
@@ -15,5 +20,7 @@ for variable, kind in [
     ("TEST_OPEN_FILES_LIMIT", resource.RLIMIT_NOFILE),
 ]:
     if (value := os.environ.pop(variable, None)) is not None:
-        resource.setrlimit(kind, (int(value), resource.getrlimit(kind)[1]))
+        before = resource.getrlimit(kind)
+        resource.setrlimit(kind, (int(value), before[1]))
+        atexit.register(resource.setrlimit, kind, before)
 runpy.run_module("csvgen", run_name="__main__", alter_sys=True)

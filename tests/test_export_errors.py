@@ -155,11 +155,11 @@ async def test_broken_multipart_answer_is_metric_failed(bus: FakeBus, metrics: F
 
 
 async def test_s3_down_is_storage_failed_and_worker_goes_on(
-    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+    bus: FakeBus, metrics: FakeMetrics, own_s3: S3Server
 ) -> None:
     """With S3 stopped the export fails as storage_failed; the worker still answers."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    s3.stop()
+    own_s3.stop()
     async with running_exporter(bus, metrics):
         await bus.send(request("s3"))
         _, payload = await bus.reply()

@@ -290,11 +290,11 @@ async def test_export_past_its_deadline_is_export_timeout(
 
 
 async def test_storage_failure_names_no_endpoint(
-    bus: FakeBus, metrics: FakeMetrics, s3: S3Server
+    bus: FakeBus, metrics: FakeMetrics, own_s3: S3Server
 ) -> None:
     """#12: storage_failed names the bucket and the kind of failure, never the endpoint URL."""
     metrics.answers.append(({"route": "entries"}, entries_answer()))
-    s3.stop()
+    own_s3.stop()
     async with running_exporter(bus, metrics):
         await bus.send(request("s3-down"))
         payload, _ = await reply_text(bus, "s3-down")
