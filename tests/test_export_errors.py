@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.server import serve
 from websockets.http11 import Response
 
+from csvgen.csvexport.files import write_rows
 from csvgen.csvexport.plan import make_plan
-from csvgen.csvexport.route import _write_rows
 from csvgen.errors import TooLarge
 from csvgen.frames import Action, encode_action
 from tests.conftest import S3Server, running_exporter
@@ -385,5 +385,5 @@ def test_the_writer_stops_at_the_first_batch_past_the_byte_limit(tmp_path: Any) 
             yield pl.DataFrame({"c0": ["2024-01-01"] * 10, "c1": [float(n)] * 10})
 
     with (tmp_path / "csv").open("w+b") as f, pytest.raises(TooLarge, match="at least"):
-        _write_rows(plan, rows, f, set(), 100, threading.Event())
+        write_rows(plan, rows, f, set(), 100, threading.Event())
     assert asked == [0]

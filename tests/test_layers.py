@@ -25,6 +25,7 @@ PURE = [
     "csvgen.csvexport.references",
     "csvgen.csvexport.manifest",
     "csvgen.csvexport.link",
+    "csvgen.csvexport.progress",
 ]
 IO_MODULES = ("websockets", "boto3", "botocore", "s3transfer", "asyncio")
 

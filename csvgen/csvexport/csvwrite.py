@@ -29,10 +29,14 @@ import polars as pl
 
 from .answers import TEXT_MARK
 from .dialects import DIALECTS, Dialect
+from .plan import ExportPlan
 
 __all__ = [
+    "CSV_CONTENT_TYPE",
     "EXCEL_MAX_ROWS",
     "FORMULA_STARTS",
+    "GZIP_CONTENT_TYPE",
+    "CsvFormat",
     "CsvWriter",
     "WriteResult",
     "spreadsheet_warnings",
@@ -45,6 +49,28 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 #: Rows an Excel sheet holds, header included.
 EXCEL_MAX_ROWS = 1_048_576
+
+
+CSV_CONTENT_TYPE = "text/csv; charset=utf-8; header=present"
+GZIP_CONTENT_TYPE = "application/gzip"
+
+
+class CsvFormat:
+    """The ``csv`` file format (files.py's seam): its dialects and gzip."""
+
+    def extension(self, plan: ExportPlan) -> str:
+        return ".csv.gz" if plan.gzip else ".csv"
+
+    def content_type(self, plan: ExportPlan) -> str:
+        return GZIP_CONTENT_TYPE if plan.gzip else CSV_CONTENT_TYPE
+
+    def writer(self, plan: ExportPlan, sink: IO[bytes], mixed: Collection[int]) -> CsvWriter:
+        headings = [c.heading for c in plan.columns]
+        dialect = DIALECTS[plan.dialect]
+        return CsvWriter(headings, sink, dialect=dialect, compress=plan.gzip, mixed=mixed)
+
+    def warnings(self, plan: ExportPlan, rows: int) -> list[str]:
+        return spreadsheet_warnings(plan.dialect, rows)
 
 
 @dataclass(frozen=True, slots=True)
