@@ -7,9 +7,15 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := all
 .PHONY: all install run test lint types format fuzz bench clean
 
-$(STAMP): pyproject.toml
+# `make run` installs what running needs (the worker and the stand-in: moto's S3 server);
+# the test, lint and type tools come with the first target that needs them.
+$(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[standin]'
+	touch $@
+
+$(STAMP): $(VENV)/.run-installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -17,7 +23,7 @@ install: $(STAMP)
 
 all: test
 
-run: $(STAMP)
+run: $(VENV)/.run-installed
 	$(BIN)/python -m csvgen demo $(if $(REQUEST),--request $(REQUEST))
 
 lint: $(STAMP)
