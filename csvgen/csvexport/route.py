@@ -96,8 +96,7 @@ class CsvExport:
         try:
             payload = await self.receipts.run(got, lambda: self._in(slot, rid, plan, fp, claim))
         except BaseException as exc:
-            error = exc if isinstance(exc, ReplyError) else InternalError()
-            await whole(self.receipts.release(got, error.as_json()["error"]))
+            await whole(self.receipts.release(got, _terminal(exc)))
             raise
         await whole(self._keep(got, payload["body"][0]))
         return payload
@@ -169,6 +168,15 @@ class CsvExport:
     def summarize(payload: dict[str, Any]) -> dict[str, Any]:
         item = payload["body"][0]
         return {"rows": item["rowCount"], "bytes": item["sizeBytes"], "key": item["key"]}
+
+
+def _terminal(exc: BaseException) -> dict[str, Any]:
+    """The error a failed export's terminal receipt keeps (SPEC §11): its reply's, or for a
+    cancellation (the deadline, a drain: the dispatcher answers it) ``interrupted``."""
+    if isinstance(exc, asyncio.CancelledError):
+        return {"code": "interrupted", "message": "the export was stopped before it ended"}
+    error = exc if isinstance(exc, ReplyError) else InternalError()
+    return {k: v for k, v in error.as_json()["error"].items() if k in ("code", "message")}
 
 
 async def _remove_spilled(spill: RecordSpill) -> None:
