@@ -28,11 +28,13 @@ TOKEN = "tok-do-not-log-4711"
 def worker_env(bus: FakeBus, metrics: FakeMetrics, s3: S3Server, **extra: str) -> dict[str, Any]:
     """A worker's environment against the fakes and moto's S3, plus ``extra``."""
     return child_env(
-        CSVGEN_BUS_URL=bus.uri,
-        CSVGEN_BUS_TOKEN=TOKEN,
-        CSVGEN_METRICS_URL=metrics.uri,
-        AWS_ENDPOINT_URL_S3=s3.endpoint,
-        **extra,
+        **{
+            "CSVGEN_BUS_URL": bus.uri,
+            "CSVGEN_BUS_TOKEN": TOKEN,
+            "CSVGEN_METRICS_URL": metrics.uri,
+            "AWS_ENDPOINT_URL_S3": s3.endpoint,
+            **extra,
+        }
     )
 
 

@@ -44,6 +44,7 @@ from ..errors import LeaseLost, StorageFailed
 from ..receipts import reused
 from ..stores import ObjectStore
 from .manifest import MANIFEST_SUFFIX
+from .settle import whole
 
 __all__ = ["MAX_RECEIPT_BYTES", "BucketReceipts", "Lease"]
 
@@ -203,8 +204,8 @@ class BucketReceipts:
         """
         if stem not in lease.stems:
             lease.stems = [*lease.stems, stem][-MAX_STEMS:]
-        async with lease.writing:
-            lost = "lost before" if lease.lost else await self._renew_once(lease)
+        async with lease.writing:  # cancelled meanwhile, the write ends first (its etag)
+            lost = "lost before" if lease.lost else await whole(self._renew_once(lease))
         if lost is not None:
             lease.lost = True
             logger.warning("lost the lease %s (%s): the export stops", lease.key, lost)

@@ -9,11 +9,14 @@ rows, made on the event loop or in a stage's one thread (never both for one fiel
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["STAGES", "Progress"]
+
+logger = logging.getLogger(__name__)
 
 #: The stages of an export, in order (SPEC §11 names them).
 STAGES = ("fetch", "combine", "write", "upload")
@@ -21,6 +24,7 @@ STAGES = ("fetch", "combine", "write", "upload")
 
 @dataclass(slots=True)
 class Progress:
+    rid: str = ""  # the request id, for the DEBUG line of each stage
     metric_requests: int = 0
     metric_requests_done: int = 0
     bytes_received: int = 0
@@ -38,6 +42,7 @@ class Progress:
         if self.stage in STAGES:
             self.laps.append((self.stage, now - self._since))
         self.stage, self._since = stage, now
+        logger.debug("export id=%s: stage %s", self.rid, stage)
 
     def counts(self) -> dict[str, int]:
         """The counts under their wire names (SPEC §11), ``rowsTotal`` once known."""

@@ -37,7 +37,8 @@ from .link import read_export
 from .plan import ExportPlan, Limits, estimate_rows, make_plan
 from .progress import Progress
 from .references import ReferenceCache
-from .store import Claim, store, whole
+from .settle import whole
+from .store import Claim, store
 from .table import rows_of
 
 __all__ = ["ROUTE", "CsvExport", "MetricsSource"]
@@ -128,7 +129,7 @@ class CsvExport:
     ) -> dict[str, Any]:
         """The stages. The records past half the budget go to disk (answers.py), removed
         once the rows are written, or when the export ends, whatever the outcome."""
-        started, progress = self.now(), Progress()
+        started, progress = self.now(), Progress(rid)
         settings = self.settings
         spill = RecordSpill(settings.memory_budget_mb * 1024 * 1024 // 2, settings.spill_dir)
         try:

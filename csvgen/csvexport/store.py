@@ -27,8 +27,9 @@ from .files import Written, file_format
 from .manifest import MANIFEST_SUFFIX, manifest
 from .plan import ExportPlan
 from .progress import Progress
+from .settle import whole
 
-__all__ = ["Claim", "bounded_warnings", "store", "whole"]
+__all__ = ["Claim", "bounded_warnings", "store"]
 
 #: Records in the export's receipt the key stem its file is stored under (leases.py).
 Claim = Callable[[str], Awaitable[None]]
@@ -143,16 +144,3 @@ def bounded_warnings(warnings: list[str]) -> list[str]:
 
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", part).strip(".") or "_"
-
-
-async def whole(aw: Awaitable[None]) -> None:
-    """Await ``aw`` to its end even if this task is cancelled meanwhile (the bucket's
-    state is settled first); then the cancellation goes on."""
-    task = asyncio.ensure_future(aw)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
-        raise
