@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from websockets.http11 import Response
 
 from csvgen.csvexport.files import write_rows
 from csvgen.csvexport.plan import make_plan
+from csvgen.csvexport.stop import Stop
 from csvgen.errors import TooLarge
 from csvgen.frames import Action, encode_action
 from tests.conftest import S3Server, running_exporter
@@ -379,11 +379,11 @@ def test_the_writer_stops_at_the_first_batch_past_the_byte_limit(tmp_path: Any) 
     plan = make_plan(seed())
     asked: list[int] = []
 
-    def rows() -> Any:
+    def rows(stop: Stop) -> Any:
         for n in range(3):
             asked.append(n)
             yield pl.DataFrame({"c0": ["2024-01-01"] * 10, "c1": [float(n)] * 10})
 
     with (tmp_path / "csv").open("w+b") as f, pytest.raises(TooLarge, match="at least"):
-        write_rows(plan, rows, f, set(), 100, threading.Event())
+        write_rows(plan, rows, f, set(), 100, Stop())
     assert asked == [0]

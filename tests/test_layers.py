@@ -26,6 +26,7 @@ PURE = [
     "csvgen.csvexport.manifest",
     "csvgen.csvexport.link",
     "csvgen.csvexport.progress",
+    "csvgen.csvexport.stop",
 ]
 IO_MODULES = ("websockets", "boto3", "botocore", "s3transfer", "asyncio")
 

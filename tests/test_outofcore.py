@@ -23,6 +23,7 @@ from csvgen.csvexport import outofcore
 from csvgen.csvexport.answers import SMALL_ANSWER_BYTES, Records, RecordSpill
 from csvgen.csvexport.combine import combine
 from csvgen.csvexport.plan import Limits, make_plan
+from csvgen.csvexport.stop import Stop, Stopped
 from csvgen.errors import MetricFailed, StorageFailed, TooLarge
 from tests.conftest import S3Server, running_exporter
 from tests.fakes import FakeBus, FakeMetrics, RawFrames
@@ -487,3 +488,27 @@ def test_five_hundred_parts_join_out_of_core_as_in_memory() -> None:
     rows = outofcore.batches(plan, list(frames), None, memory_mb=64, spill_dir=None)
     assert pl.concat(list(rows)).with_columns(as_text).equals(in_memory)
     assert in_memory.height == 28
+
+
+def test_a_stop_before_duckdb_starts_stops_the_rows(tmp_path: Path) -> None:
+    """A cancelled export's writer sets its Stop: DuckDB's join and sort, which the first
+    batch waits for whole, is not started (and, started, would be interrupted by the
+    hook); its work directory goes."""
+    stop = Stop()
+    stop.set()
+    rows = outofcore.batches(
+        plan_sorted_by(0), [daily(300_000)], None, memory_mb=64, spill_dir=str(tmp_path), stop=stop
+    )
+    with pytest.raises(Stopped):
+        next(rows)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stop_calls_its_hooks_once_and_not_after_the_block() -> None:
+    stop, calls = Stop(), []
+    with stop.calling(lambda: calls.append("inside")):
+        stop.set()
+    with stop.calling(lambda: calls.append("late")):  # already set: called at once
+        pass
+    stop.set()  # no block registered now
+    assert calls == ["inside", "late"]

@@ -8,7 +8,8 @@ column types are read here from the batches as written (manifest.py).
 
 The file goes to an unnamed temporary file in ``CSVGEN_SPILL_DIR`` (gone when closed,
 or when the process dies), written in a worker thread a batch at a time; cancelled, or
-past ``CSVGEN_MAX_BYTES``, the thread stops at its next batch.
+past ``CSVGEN_MAX_BYTES``, the thread stops at its next batch, and a long step within
+the rows (DuckDB's join and sort, out of core) is interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-import threading
 from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -28,11 +28,13 @@ from .csvwrite import CsvFormat, WriteResult
 from .manifest import column_types, merge_types
 from .plan import ExportPlan
 from .progress import Progress
+from .stop import Stop
 
 __all__ = ["FORMATS", "FileFormat", "FileWriter", "Rows", "Written", "file_format", "write"]
 
-#: The rows of an export, in sorted batches (each call starts them again).
-Rows = Callable[[], Generator[pl.DataFrame]]
+#: The rows of an export, in sorted batches (each call starts them again); given the
+#: write's :class:`~csvgen.csvexport.stop.Stop`, a long step in them can be interrupted.
+Rows = Callable[..., Generator[pl.DataFrame]]
 
 
 class FileWriter(Protocol):
@@ -109,7 +111,7 @@ async def write(
     """Write the file in a worker thread, a batch of rows at a time. Cancelled, or past
     ``max_bytes`` (``CSVGEN_MAX_BYTES``: too_large), the thread stops at its next batch,
     and the cancellation goes on once it has (its spill files are gone by then)."""
-    stop = threading.Event()
+    stop = Stop()
     work = asyncio.ensure_future(
         asyncio.to_thread(write_rows, plan, rows, f, mixed, max_bytes, stop, progress)
     )
@@ -129,12 +131,12 @@ def write_rows(
     f: IO[bytes],
     mixed: set[int],
     max_bytes: int,
-    stop: threading.Event,
+    stop: Stop,
     progress: Progress | None = None,
 ) -> Written:
     writer = file_format(plan).writer(plan, f, mixed)
     types: list[tuple[str, int]] | None = None
-    with contextlib.closing(rows()) as batches:
+    with contextlib.closing(rows(stop=stop)) as batches:
         for batch in batches:
             if stop.is_set():
                 raise asyncio.CancelledError

@@ -22,8 +22,9 @@ when the export ends, whatever the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -46,6 +47,7 @@ from .combine import (
     text_ranks,
 )
 from .plan import ColumnSpec, ExportPlan, MetricPlan
+from .stop import Stop, Stopped
 from .workdirs import WorkDir
 
 __all__ = ["BATCH_ROWS", "batches"]
@@ -68,6 +70,7 @@ def batches(
     spill_dir: str | None,
     max_rows: int | None = None,
     slice_rows: int = SLICE_ROWS,
+    stop: Stop | None = None,
 ) -> Generator[pl.DataFrame]:
     """The rows :func:`~csvgen.csvexport.combine.combine` would return, in batches.
 
@@ -78,6 +81,7 @@ def batches(
         MetricFailed: two records claim one cell.
         TooLarge: more than ``max_rows`` rows (found while the rows come).
         StorageFailed: the spill directory is full or gone.
+        Stopped: ``stop`` was set (DuckDB's work in progress is interrupted).
     """
     keys = key_names(plan)
     sources = sources_of(plan, keys)
@@ -104,7 +108,10 @@ def batches(
             "temp_directory": work,
             "threads": 2,
         }
-        with duckdb.connect(config=settings) as con:
+        interrupt = stop.calling if stop is not None else _nothing
+        with duckdb.connect(config=settings) as con, interrupt(con.interrupt):
+            if stop is not None and stop.is_set():
+                raise Stopped  # before the query: interrupt() stops only one running
             columns = []
             for n, table in enumerate(tables):
                 if isinstance(table, list):
@@ -124,6 +131,8 @@ def batches(
             if rows == 0:
                 empty = _frame(reader.schema.empty_table())
                 yield _texts(empty, texts).select(output(sources))
+    except duckdb.InterruptException:
+        raise Stopped from None
     except duckdb.OutOfMemoryException:
         if not os.path.isdir(work):  # it could not spill: its directory is gone
             raise StorageFailed(SPILL_FAILED) from None
@@ -134,6 +143,11 @@ def batches(
         raise StorageFailed(SPILL_FAILED) from None
     finally:
         workdir.remove()
+
+
+@contextlib.contextmanager
+def _nothing(hook: Callable[[], object]) -> Iterator[None]:
+    yield
 
 
 def _work_dir(spill_dir: str | None) -> WorkDir:

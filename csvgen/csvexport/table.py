@@ -26,6 +26,7 @@ from .fetch import Fetched
 from .files import Rows
 from .plan import ExportPlan
 from .progress import Progress
+from .stop import Stop
 
 __all__ = ["rows_of"]
 
@@ -94,5 +95,5 @@ def _libc() -> Any:
 _LIBC = _libc()
 
 
-def _single(table: pl.DataFrame) -> Generator[pl.DataFrame]:
+def _single(table: pl.DataFrame, *, stop: Stop | None = None) -> Generator[pl.DataFrame]:
     yield table
