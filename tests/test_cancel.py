@@ -37,7 +37,8 @@ async def test_an_export_cancelled_in_each_stage_leaves_nothing(
     metrics.answers.append(({"route": "entries"}, RawFrames(answer, parts=16)))
     if stage == "fetch":
         metrics.hold.clear()  # the answer never comes
-    slow = Fault("PUT", "/exports/64a1b2c3d4e5f6a7b8c9d0e3/", delay=30, times=1)
+    # The upload is held 3 s: a PUT under way when the cancel comes is waited for, then undone.
+    slow = Fault("PUT", "/exports/64a1b2c3d4e5f6a7b8c9d0e3/", delay=3, times=1)
     proxy = await FaultProxy(s3.endpoint, slow).start()
     env = worker_env(
         bus,
