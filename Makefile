@@ -34,12 +34,12 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-# Tests under coverage (branches, child processes too) on two cores (pytest-xdist); the
-# report fails below 90 %, and a data file coverage cannot read fails the run instead of
-# being dropped in silence.
+# Tests under coverage (branches, child processes too) on two cores (pytest-xdist), the
+# ten slowest named; the report fails below 90 %, and a data file coverage cannot read
+# fails the run instead of being dropped in silence.
 test: lint
 	rm -rf .coverage && mkdir -p .coverage
-	PYTHONWARNINGS=default $(BIN)/coverage run -m pytest -n 2
+	PYTHONWARNINGS=default $(BIN)/coverage run -m pytest -n 2 --durations=10
 	$(BIN)/python -W error::coverage.exceptions.CoverageWarning -m coverage combine -q
 	$(BIN)/coverage report
 

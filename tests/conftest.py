@@ -102,8 +102,19 @@ class S3Server:
             self.running = False
 
 
+#: moto's server without a log line per request (werkzeug's): under the chaos run's load
+#: that formatting is moto's own time, and moto's one core is the run's bottleneck.
+MOTO_QUIET = """
+import logging, sys, threading
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+threading.Event().wait()  # until the test kills it
+"""
+
+
 class S3Process(S3Server):
-    """moto's S3 server in a process of its own (``python -m moto.server``): for tests
+    """moto's S3 server in a process of its own (``MOTO_QUIET``): for tests
     whose load would otherwise share this process's one core with everything else."""
 
     def __init__(self, bucket: str = "aura-exports") -> None:
@@ -113,7 +124,7 @@ class S3Process(S3Server):
             port = probe.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-c", MOTO_QUIET, str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

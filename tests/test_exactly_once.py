@@ -208,12 +208,12 @@ def s3_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
         server.stop()
 
 
-@pytest.mark.timeout(120)  # about 30 s alone; the margin is for a loaded machine
+@pytest.mark.timeout(150)  # about 30 s alone, about 70 s beside the rest of make test
 async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
     metrics: FakeMetrics, s3_process: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """200 ids, each delivered to two of three replicas; one receipt write in fifty
-    delayed past the lease; one replica killed mid-run and started again. Every id ends
+    """200 ids, each delivered to two of three replicas; receipt writes of one replica
+    delayed past the lease at random; one replica killed mid-run and started again. Every id ends
     with exactly one export, every requester is answered with it (after retrying a
     retryable error), and no receipt is left running.
 
@@ -227,9 +227,13 @@ async def test_chaos_three_replicas_one_bucket_exactly_one_export_per_id(
     lease = {"CSVGEN_LEASE_S": "3", "CSVGEN_MAX_CONCURRENT_EXPORTS": "16"}
     async with contextlib.AsyncExitStack() as stack:
         buses = [await stack.enter_async_context(running_bus()) for _ in range(3)]
-        slow = Fault("PUT", "/.receipts/", "if-match", delay=3.5, chance=0.02)
-        proxies = [await stack.enter_async_context(faulty(s3, slow)) for _ in range(3)]
-        envs = [{"AWS_ENDPOINT_URL_S3": p.endpoint, **lease} for p in proxies]
+        # One replica reaches the bucket through a proxy that delays one receipt write in
+        # ten past the lease; the others reach it directly (through the proxy, each request
+        # is a new connection: moto's one core is this run's bottleneck).
+        slow = Fault("PUT", "/.receipts/", "if-match", delay=3.5, chance=0.1)
+        proxy = await stack.enter_async_context(faulty(s3, slow))
+        endpoints = [s3.endpoint, proxy.endpoint, s3.endpoint]
+        envs = [{"AWS_ENDPOINT_URL_S3": e, **lease} for e in endpoints]
         workers = [
             await stack.enter_async_context(replica(b, metrics, s3, **e))
             for b, e in zip(buses, envs, strict=True)
