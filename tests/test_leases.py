@@ -278,3 +278,40 @@ async def test_a_final_write_that_keeps_failing_is_storage_failed(proxy: FaultPr
     with pytest.raises(StorageFailed):
         await store.finish(lease, {"key": "exports/o/k.csv"})
     assert hashlib.sha256(b"down").hexdigest() in lease.key
+    assert (await store.store.read(lease.key)) is not None
+    assert orjson.loads((await store.store.read(lease.key)).data)["state"] == "running"  # type: ignore[union-attr]
+
+
+async def test_leftovers_a_failed_cleanup_could_not_remove_are_passed_on(
+    s3: S3Server, proxy: FaultProxy
+) -> None:
+    """A is killed after its upload; B takes over but cannot list the bucket, so its
+    export fails: its terminal receipt keeps A's stem, and C, taking it over, removes
+    what A left."""
+    a = receipts(lease_s=0.3, replica="a")
+    lease = await a.acquire("left", b"\x01")
+    assert isinstance(lease, Lease)
+    await a.claim(lease, "exports/o/2026-12-08T00-00-00")
+    left = "exports/o/2026-12-08T00-00-00.csv"
+    meta = {"request-id": "left"}
+    s3.client().put_object(Bucket="aura-exports", Key=left, Body=b"a", Metadata=meta)
+    s3.client().put_object(Bucket="aura-exports", Key=left + ".manifest.json", Body=b"{}")
+    b = receipts(through(proxy), lease_s=0.3, poll_s=0.02, replica="b")
+    proxy.faults.append(Fault("GET", "list-type=2", answer=(503, "SlowDown")))
+    taken = await b.acquire("left", b"\x01")  # after A's lease stood still
+    assert isinstance(taken, Lease) and taken.stems == ["exports/o/2026-12-08T00-00-00"]
+    with pytest.raises(StorageFailed):
+        await b.run(taken, forever)
+    await b.release(taken, {"code": "storage_failed", "message": "list failed"})
+    doc = state(s3, taken.key)
+    assert (doc["state"], doc["stems"]) == ("failed", ["exports/o/2026-12-08T00-00-00"])
+    c = receipts(replica="c")
+    again = await c.acquire("left", b"\x01")
+    assert isinstance(again, Lease)
+
+    async def nothing() -> None:
+        pass
+
+    await c.run(again, nothing)
+    listed = s3.client().list_objects_v2(Bucket="aura-exports", Prefix="exports/o/")
+    assert listed.get("KeyCount") == 0

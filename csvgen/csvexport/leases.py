@@ -153,11 +153,10 @@ class BucketReceipts:
             # process that none of its exports holds (its final write failed: the dispatcher
             # admits an id once), a terminal or old receipt, or an object that is no
             # receipt of csvgen's: take it over.
-            # A dead holder's claimed stems are kept in the new lease until their leftovers
-            # are gone, so that a replica that dies cleaning them up passes them on.
-            stems = (
-                self._stems(doc["stems"]) if doc is not None and doc["state"] == "running" else []
-            )
+            # A dead holder's claimed stems (or those a failed holder could not clean up) are
+            # kept in the new lease until their leftovers are gone, so that a replica that
+            # dies or fails cleaning them up passes them on.
+            stems = self._stems(doc["stems"]) if doc is not None and doc["state"] != "done" else []
             sent = self.monotonic()
             etag = await self.store.replace(key, self._lease(fp, None, stems), JSON, found.etag)
             if etag is not None:
@@ -204,12 +203,19 @@ class BucketReceipts:
         """
         if stem not in lease.stems:
             lease.stems = [*lease.stems, stem][-MAX_STEMS:]
-        async with lease.writing:  # cancelled meanwhile, the write ends first (its etag)
+        if not await self._renewed(lease):
+            raise LeaseLost(self.store.bucket)
+
+    async def _renewed(self, lease: Lease) -> bool:
+        """One write of the running receipt (a renewal, a claim), one at a time; a write
+        under way ends first even if this task is cancelled, so its etag stays known.
+        False (and ``lease.lost``) when the lease is lost."""
+        async with lease.writing:
             lost = "lost before" if lease.lost else await whole(self._renew_once(lease))
         if lost is not None:
             lease.lost = True
             logger.warning("lost the lease %s (%s): the export stops", lease.key, lost)
-            raise LeaseLost(self.store.bucket)
+        return lost is None
 
     def _stems(self, claimed: Any) -> list[str]:
         """The key stems a receipt claims that are export stems under the prefix."""
@@ -258,8 +264,11 @@ class BucketReceipts:
         retried (it is taken over). Nothing is written on a lease this replica lost."""
         if lease.lost:
             return
+        fields: dict[str, Any] = {"state": "failed", "error": error}
+        if lease.leftovers is not None:  # not removed yet: the next holder removes them
+            fields["stems"] = lease.leftovers[1]
         try:
-            await self._final(lease, {"state": "failed", "error": error})
+            await self._final(lease, fields)
         except (LeaseLost, StorageFailed) as exc:
             logger.warning("the receipt %s was left as it was: %s", lease.key, exc)
 
@@ -302,13 +311,7 @@ class BucketReceipts:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, due)):
                     await stop.wait()
-            if stop.is_set():
-                return
-            async with lease.writing:
-                lost = "lost before" if lease.lost else await self._renew_once(lease)
-            if lost is not None:
-                lease.lost = True
-                logger.warning("lost the lease %s (%s): the export stops", lease.key, lost)
+            if stop.is_set() or not await self._renewed(lease):
                 return
 
     async def _renew_once(self, lease: Lease) -> str | None:

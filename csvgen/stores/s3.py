@@ -319,7 +319,9 @@ class S3Store:
             return found
 
         try:
-            return await self._small(find)
+            # Not a small call: a list and up to 1,000 HEADs would hold a thread that
+            # lease renewals need.
+            return await asyncio.to_thread(find)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("list", exc) from None
 
